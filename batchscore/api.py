@@ -1,0 +1,163 @@
+"""The library entry point. The CLI is a thin layer over :func:`score`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from ._version import __version__
+from .errors import BatchscoreError, ExitStatus
+from .job import Job, build_job
+from .report import RunSummary, log, make_progress, print_summary, setup_logging
+
+
+def score(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    model: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Score files, directories or globs with a model and write the predictions.
+
+    Args:
+        inputs: one or more files, directories or globs (Parquet, CSV, NDJSON, Arrow IPC).
+        model: the model file (ONNX).
+        output: a directory (one Parquet file per input shard), a ``.parquet`` file,
+            or None for ``<first input's name>-scored``.
+        config: a TOML file; ``./batchscore.toml`` is read when present.
+        env: environment to read ``BATCHSCORE_*`` settings from (default: none).
+        **options: any ``batchscore run`` option by its Python name, e.g.
+            ``features=["f*"]``, ``batch_size=4096``, ``if_exists="replace"``,
+            ``where="ts >= '2026-12-03'"``, ``quiet=True``.
+
+    Returns:
+        The run summary (rows, timings, batch latencies, output).
+
+    Raises:
+        BatchscoreError: a user-facing problem, with ``exit_status`` set.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    flags = dict(options)
+    flags["inputs"] = [os.fspath(i) for i in inputs] if inputs else None
+    flags["model"] = os.fspath(model) if model is not None else None
+    flags["output"] = os.fspath(output) if output is not None else None
+    job = build_job(flags, env=env, config=config)
+    if job.progress is None:
+        job.progress = "none" if job.quiet else "tqdm"
+    return run_job(job)
+
+
+def run_job(job: Job, *, console: bool = False) -> RunSummary:
+    """Plan and run a validated job; write --report even when the run fails.
+
+    ``console`` prints the summary as a rich table (a terminal) instead of log lines.
+    """
+    if not job.quiet and not log.handlers:
+        setup_logging(job.log_format, job.quiet)
+    summary = RunSummary(run_id=job.run_id or "", batchscore_version=__version__)
+    summary.started_at = time.time()
+    plan = sink = None
+    try:
+        from .plan import make_plan
+
+        plan = make_plan(job)
+        _fill_summary(summary, plan)
+        if not plan.shards:
+            summary.status = "empty"
+            msg = f"no input matches {' '.join(job.inputs)}; nothing to do (--allow-empty)"
+            summary.warnings.append(msg)
+            log.warning(f"warning: {msg}")
+            summary.exit_code = int(ExitStatus.SUCCESS)
+            return summary
+        if job.dry_run:
+            summary.status = "dry-run"
+            for line in plan.describe():
+                print(line, file=sys.stderr)
+            summary.exit_code = int(ExitStatus.SUCCESS)
+            return summary
+        from .pipeline import run_pipeline
+        from .sinks import sink_class
+
+        sink = sink_class(plan.output)(
+            plan.output,
+            schema=plan.output_schema,
+            if_exists=job.if_exists,
+            run_id=plan.run_id,
+            metadata=plan.metadata(),
+            partition_columns=tuple(plan.hive_types),
+        )
+        done = sink.open(plan.shards) or set()
+        if done:
+            summary.shards_skipped = len([s for s in plan.shards if s.output_name in done])
+            plan = plan.without(done)
+            log.info(f"resume: {summary.shards_skipped} shard(s) already committed are skipped")
+        progress = make_progress(job.progress or "none")
+        progress.start(plan.rows_total, len(plan.shards))
+        try:
+            run_pipeline(plan, sink, summary, progress)
+        finally:
+            progress.close()
+        sink.close()
+        sink = None
+        summary.status = "ok"
+        summary.exit_code = int(ExitStatus.SUCCESS)
+        if plan.rows_total is not None and plan.where is not None:
+            summary.rows_filtered = plan.rows_total - summary.rows_read
+        summary.finish()
+        if not job.quiet:
+            print_summary(summary, rich_console=console, log_format=job.log_format)
+        return summary
+    except BatchscoreError as exc:
+        summary.status = "interrupted" if exc.exit_status == ExitStatus.INTERRUPTED else "failed"
+        summary.error = str(exc)
+        summary.exit_code = int(exc.exit_status)
+        raise
+    except KeyboardInterrupt:
+        summary.status, summary.exit_code = "interrupted", int(ExitStatus.INTERRUPTED)
+        raise
+    except BaseException as exc:
+        summary.status, summary.exit_code = "failed", int(ExitStatus.INTERNAL)
+        summary.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if sink is not None:
+            sink.abort()
+        if plan is not None and plan.backend is not None:
+            plan.backend.close()
+        if summary.finished_at is None:
+            summary.finish()
+        if job.report:
+            try:
+                summary.write_json(job.report)
+            except OSError as exc:
+                log.warning(f"warning: cannot write --report {job.report}: {exc.strerror}")
+
+
+def _fill_summary(summary: RunSummary, plan) -> None:
+    job = plan.job
+    summary.run_id = plan.run_id
+    summary.model = job.model
+    summary.model_sha256 = plan.model_sha256
+    summary.backend = plan.backend.name if plan.backend else None
+    summary.device = str(plan.device) if plan.device else None
+    summary.threads = plan.threads
+    summary.output = plan.output
+    summary.shards_total = len(plan.shards)
+    summary.shards_empty = sum(1 for r in plan.readers if r.num_rows == 0)
+    summary.rows_in_dataset = plan.rows_total
+    summary.where = job.where
+    summary.prefetch = job.prefetch
+    summary.warnings = list(plan.warnings)
+    if plan.features is not None:
+        summary.features = {f.spec.name: f.columns for f in plan.features.feeds}
+        summary.features_chosen_by = plan.features.chosen_by
+        summary.keep = plan.features.keep
+        summary.batch_size = plan.batch_size
+        summary.batch_size_source = plan.batch_size_source
+        summary.output_schema = [f"{f.name}: {f.type}" for f in plan.output_schema]

@@ -1,0 +1,56 @@
+"""CSV (and TSV) shards, streamed block by block with pyarrow's reader."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from . import ShardReader, _strip_compression
+
+BLOCK_SIZE = 4 << 20
+
+
+class Reader(ShardReader):
+    def _delimiter(self) -> str:
+        return "\t" if _strip_compression(self.shard.path).lower().endswith(".tsv") else ","
+
+    def _reader(self, column_types=None, include_columns=None):
+        return pacsv.open_csv(
+            self.shard.path,
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
+            parse_options=pacsv.ParseOptions(delimiter=self._delimiter()),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types or {}, include_columns=include_columns or []
+            ),
+        )
+
+    def _open(self) -> None:
+        if os.path.getsize(self.shard.path) == 0:
+            self.schema, self.num_rows = None, 0
+            return
+        reader = self._reader()
+        try:
+            self.schema = reader.schema
+        finally:
+            reader.close()
+
+    def _iter(self, columns: list[str], batch_size: int, schema=None) -> Iterator[pa.RecordBatch]:
+        if self.schema is None:
+            return
+        types = {}
+        if schema is not None:
+            # Parse straight into the dataset's types, so shards agree.
+            types = {n: schema.field(n).type for n in columns if schema.get_field_index(n) >= 0}
+        reader = self._reader(types, columns)
+        try:
+            yield from reader
+        finally:
+            reader.close()
+
+    def scan_polars(self):
+        import polars as pl
+
+        return pl.scan_csv(self.shard.path, separator=self._delimiter(), try_parse_dates=True)
