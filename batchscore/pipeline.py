@@ -179,14 +179,19 @@ def _shard_batches(plan: Plan, idx: int, read_batch: int) -> Iterator[pa.RecordB
         ]
         if hive:
             lf = lf.with_columns(hive)
-        lf = lf.filter(plan.where).select(plan.stream_columns)
+        # SQLContext (unlike a bare expression) coerces string literals to the
+        # column's type, so `ts >= '2026-12-03'` works on timestamps; the
+        # predicate is still pushed into the scan.
+        lf = pl.SQLContext(frames={"t": lf}).execute(f"SELECT * FROM t WHERE {plan.job.where}", eager=False)
+        lf = lf.select(plan.stream_columns)
         for df in lf.collect_batches(chunk_size=read_batch):
             for batch in df.to_arrow().to_batches():
                 yield _conform(batch, plan, idx)
     except BatchscoreError:
         raise
     except pl.exceptions.PolarsError as exc:
-        msg = " ".join(str(exc).split())[:300]
+        msg = str(exc).split("\n\n")[0].split("Resolved plan")[0]
+        msg = " ".join(msg.split())[:300]
         if isinstance(exc, (pl.exceptions.ComputeError,)) and "parquet" in msg.lower():
             raise reader.corrupt(exc) from None
         raise UsageError(f"--where {plan.job.where!r} failed on {shard.path}: {msg}") from None

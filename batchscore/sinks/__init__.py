@@ -2,15 +2,17 @@
 
 ``open()`` checks ``--if-exists`` and prepares the destination;
 ``write(shard, batch)`` takes a shard's rows in order; ``commit_shard(shard)``
-makes that shard's rows durable and visible; ``close()`` publishes the run
-(``_SUCCESS``, a rename); ``abort()`` removes what is not committed.
-Sinks are chosen by URL scheme; a plain path is Parquet.
+makes that shard's rows durable and visible, together with its ledger record
+(exactly once per input shard); ``close()`` publishes the run (``_SUCCESS``,
+a rename, a staging table swapped in); ``abort()`` removes what is not
+committed. Sinks are chosen by URL scheme; a plain path is Parquet.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from ..sources import Shard
 
 #: URL scheme → module in this package.
-SCHEMES = {"file": "parquet"}
+SCHEMES = {"file": "parquet", "sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres"}
+#: How each run publishes its rows (--publish).
+PUBLISH = ("per-shard", "at-end")
 
 
 class Sink(ABC):
@@ -37,6 +41,9 @@ class Sink(ABC):
         run_id: str,
         metadata: dict[str, Any],
         partition_columns: tuple[str, ...] = (),
+        table: str | None = None,
+        upsert_key: tuple[str, ...] = (),
+        publish: str | None = None,
     ):
         self.dest = dest
         #: Columns that come from hive-style folders (a file sink keeps them in the path).
@@ -45,6 +52,13 @@ class Sink(ABC):
         self.if_exists = if_exists
         self.run_id = run_id
         self.metadata = metadata
+        #: --table, for database sinks.
+        self.table = table
+        #: --upsert-key: columns that identify a row; writes become upserts.
+        self.upsert_key = tuple(upsert_key)
+        #: --publish: "per-shard" (each shard visible as it commits) or "at-end";
+        #: None: per-shard, or what the run being resumed used.
+        self.publish = publish
 
     @abstractmethod
     def open(self, shards: list["Shard"]) -> set[str] | None:
@@ -71,7 +85,18 @@ class Sink(ABC):
         """Remove whatever was not committed."""
 
     def describe(self) -> str:
-        return self.dest
+        """The destination as it may be shown: in logs, the summary, errors (no password)."""
+        return self.mask(self.dest)
+
+    @classmethod
+    def mask(cls, dest: str) -> str:
+        """``dest`` with any secret in it replaced by ``***``."""
+        return dest
+
+
+def describe(dest: str) -> str:
+    """``--output`` as it may be shown (a database password masked)."""
+    return sink_class(dest).mask(dest)
 
 
 def scheme_of(dest: str) -> str:
@@ -82,7 +107,11 @@ def sink_class(dest: str) -> type[Sink]:
     scheme = scheme_of(dest)
     module = SCHEMES.get(scheme)
     if module is None:
-        raise UsageError(f"--output {dest}: unknown destination scheme {scheme!r}; use a path (Parquet)")
+        shown = dest.split("://", 1)[0] + "://..."  # the rest may hold a password
+        raise UsageError(
+            f"--output {shown}: unknown destination scheme {scheme!r}; use a path (Parquet), "
+            "sqlite:///FILE.db or postgresql://USER@HOST/DB"
+        )
     return importlib.import_module(f".{module}", __name__).Sink
 
 
@@ -96,3 +125,29 @@ def os_error(dest: str, exc: OSError) -> OutputError:
 
         err.exit_status = ExitStatus.USAGE  # a retry will not fix permissions
     return err
+
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test-only fault injection: ``BATCHSCORE_TEST_CRASH_AT=NAME[@N]`` kills
+    this process with SIGKILL the N-th time (default: the first) a run reaches
+    the point ``NAME``, e.g. ``after-copy`` (a shard's rows sent, not committed).
+
+    Points: ``after-copy``, ``before-commit``, ``after-commit`` (databases),
+    ``after-write``, ``after-rename``, ``after-manifest`` (Parquet),
+    ``before-publish``, ``mid-publish`` (``--publish at-end``). Documented in
+    docs/databases.md; never set it outside tests.
+    """
+    want = os.environ.get("BATCHSCORE_TEST_CRASH_AT")
+    if not want:
+        return
+    point, _, nth = want.partition("@")
+    if point != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

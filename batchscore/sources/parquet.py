@@ -9,6 +9,10 @@ import pyarrow.parquet as pq
 
 from . import ShardReader
 
+#: Row groups up to this many rows are decoded whole (columns in parallel),
+#: which keeps memory to about one row group; larger ones are streamed.
+WHOLE_ROW_GROUP_ROWS = 1 << 20
+
 
 class Reader(ShardReader):
     cheap_row_count = True
@@ -17,14 +21,20 @@ class Reader(ShardReader):
         meta = pq.read_metadata(self.shard.path)
         self.schema = meta.schema.to_arrow_schema().remove_metadata()
         self.num_rows = meta.num_rows
-        self.num_row_groups = meta.num_row_groups
+        self.row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
     def _iter(self, columns: list[str], batch_size: int, schema=None) -> Iterator[pa.RecordBatch]:
         if not self.num_rows:
             return
-        # pre_buffer coalesces the column chunks of a row group into few reads.
-        with pq.ParquetFile(self.shard.path, pre_buffer=True) as pf:
-            yield from pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=True)
+        with pq.ParquetFile(self.shard.path) as pf:
+            if max(self.row_group_rows) > WHOLE_ROW_GROUP_ROWS:
+                yield from pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=True)
+                return
+            for i, rows in enumerate(self.row_group_rows):
+                if rows == 0:
+                    continue
+                table = pf.read_row_group(i, columns=columns, use_threads=True)
+                yield from table.to_batches(max_chunksize=batch_size)
 
     def scan_polars(self):
         import polars as pl
