@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -119,12 +120,12 @@ F = len(FEATURES)
 
 SCHEMA = pa.schema(
     [
-        pa.field("transaction_id", pa.int64(), nullable=False),
-        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("customer_id", pa.int64(), nullable=False),
-        pa.field("merchant_category", pa.string(), nullable=False),
-        *[pa.field(name, pa.float32(), nullable=False) for name in FEATURES],
-        pa.field("is_fraud", pa.int8(), nullable=False),
+        pa.field("transaction_id", pa.int64()),
+        pa.field("ts", pa.timestamp("us", tz="UTC")),
+        pa.field("customer_id", pa.int64()),
+        pa.field("merchant_category", pa.string()),
+        *[pa.field(name, pa.float32()) for name in FEATURES],
+        pa.field("is_fraud", pa.int8()),
     ]
 )
 
@@ -147,7 +148,7 @@ def _time_of_day_us(rng: np.random.Generator, n: int) -> np.ndarray:
         + 0.8 * np.exp(-0.5 * ((hours - 19.0) / 2.0) ** 2)
     )
     hour = rng.choice(24, size=n, p=profile / profile.sum())
-    # Whole seconds, as card networks report them (stored as timestamp[us]).
+    # Whole seconds (the column type is still timestamp[us]).
     return hour * US_PER_HOUR + rng.integers(0, 3_600, size=n) * 1_000_000
 
 
@@ -206,7 +207,7 @@ def make_transactions(rng: np.random.Generator) -> dict[str, np.ndarray]:
     # Time of day (UTC, minute resolution), cyclic encoding.
     minute_of_day = (t_us % US_PER_DAY) // 60_000_000
     angle = 2.0 * np.pi * minute_of_day / 1_440.0
-    hour_sin, hour_cos = np.sin(angle), np.cos(angle)
+    hour_sin, hour_cos = np.sin(angle).round(6), np.cos(angle).round(6)
 
     # Per-customer history: gap to the previous transaction, count in last 24 h.
     by_cust = np.lexsort((t_us, cust))
@@ -328,6 +329,14 @@ def write_csv(table: pa.Table, out: Path, mode: str) -> Path:
     folder.mkdir(parents=True)
     iso = np.datetime_as_string(table.column("ts").to_numpy().astype("datetime64[us]"), unit="s")
     csv_table = table.set_column(1, "ts", pa.array(np.char.add(iso.astype(str), "Z")))
+    # Floats keep a decimal point ("3.0", not "3"): otherwise CSV readers infer
+    # whole-valued feature columns (txn_count_24h, card_present, is_foreign) as
+    # integers and the file would no longer have exactly F float columns.
+    for name in FEATURES:
+        text = pc.cast(csv_table.column(name), pa.string())
+        bare = pc.invert(pc.match_substring_regex(text, r"[.eEnN]"))
+        text = pc.if_else(bare, pc.binary_join_element_wise(text, ".0", ""), text)
+        csv_table = csv_table.set_column(csv_table.schema.get_field_index(name), name, text)
     buf = io.BytesIO()
     buf.write((",".join(csv_table.column_names) + "\n").encode())
     pacsv.write_csv(csv_table, buf, pacsv.WriteOptions(include_header=False, quoting_style="none"))
@@ -394,11 +403,11 @@ def train_torch_model(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     model = FraudMLP(mean, std)
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)).unsqueeze(1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(SEED)
-    batch = 1024
-    for _epoch in range(6):
+    batch = 4096
+    for _epoch in range(8):
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), batch):
             idx = perm[i : i + batch]
@@ -422,8 +431,13 @@ def train_torch_model(x: np.ndarray, y: np.ndarray, path: Path) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
-    torch.set_num_threads(threads)
     _finish_onnx(onnx.load(str(path)), path, "PyTorch MLP fraud model (batchscore sample)")
+
+    # The exported graph must agree with the torch model.
+    with torch.no_grad():
+        expected = model(xt[:5_000]).numpy()[:, 0]
+    np.testing.assert_allclose(onnx_scores(path, x[:5_000]), expected, rtol=1e-4, atol=1e-6)
+    torch.set_num_threads(threads)
 
 
 def train_sklearn_model(x: np.ndarray, y: np.ndarray, path: Path) -> None:
@@ -433,9 +447,11 @@ def train_sklearn_model(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1_000))
-    clf.fit(x, y)
+    with threadpool_limits(limits=1):  # single-threaded BLAS -> identical weights every run
+        clf.fit(x, y)
     onx = convert_sklearn(
         clf,
         name="fraud_model_sklearn",
@@ -546,7 +562,9 @@ batchscore run sample_data/transactions --model sample_data/fraud_model.onnx
 - `{csv_name}`: the same {table.num_rows:,} rows as one CSV with a header,
   gzip-compressed (an uncompressed copy would be about 20 MB;
   `--csv plain` writes `csv/transactions.csv` instead). Timestamps are ISO
-  8601 in UTC, whole seconds (`2026-11-27T08:15:42Z`). It lives in
+  8601 in UTC, whole seconds (`2026-11-27T08:15:42Z`); feature values
+  always carry a decimal point (`3.0`, not `3`) so CSV type inference finds
+  the same {F} float columns as in the Parquet files. It lives in
   its own folder so `batchscore run sample_data/transactions` reads every
   row once.
 - `fraud_model.onnx`: PyTorch MLP {F} -> 32 -> 16 -> 1 with a sigmoid, exported
