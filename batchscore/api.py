@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from ._version import __version__
 from .errors import BatchscoreError, ExitStatus
 from .job import Job, build_job
+from .lock import OutputLock
 from .report import RunSummary, log, make_progress, print_summary, setup_logging
 
 
@@ -62,12 +63,19 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
         setup_logging(job.log_format, job.quiet)
     summary = RunSummary(run_id=job.run_id or "", batchscore_version=__version__)
     summary.started_at = time.time()
-    plan = sink = None
+    plan = sink = quarantine = lock = None
     try:
         from .plan import make_plan
+        from .sinks import describe as describe_output
 
         plan = make_plan(job)
+        dest = plan.output
+        # Logs, --dry-run, the summary and --report show the output without its password.
+        plan.output = describe_output(dest)
         _fill_summary(summary, plan)
+        for shard, why in plan.failed_shards:
+            summary.shards_failed.append({"path": shard.path, "error": why})
+            log.warning(f"warning: skipped shard {shard.path}: {why}")
         if not plan.shards:
             summary.status = "empty"
             msg = f"no input matches {' '.join(job.inputs)}; nothing to do (--allow-empty)"
@@ -82,36 +90,49 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
             summary.exit_code = int(ExitStatus.SUCCESS)
             return summary
         from .pipeline import run_pipeline
-        from .sinks import sink_class
 
-        sink = sink_class(plan.output)(
-            plan.output,
-            schema=plan.output_schema,
-            if_exists=job.if_exists,
-            run_id=plan.run_id,
-            metadata=plan.metadata(),
-            partition_columns=tuple(plan.hive_types),
-        )
+        if not job.no_lock:
+            try:
+                lock = OutputLock(dest, plan.run_id, plan.output).acquire()
+            except OSError as exc:
+                from .sinks import os_error
+
+                raise os_error(plan.output, exc) from None
+        sink = _make_sink(dest, plan, plan.output_schema, job.table)
         done = sink.open(plan.shards) or set()
         if done:
             summary.shards_skipped = len([s for s in plan.shards if s.output_name in done])
             plan = plan.without(done)
             log.info(f"resume: {summary.shards_skipped} shard(s) already committed are skipped")
+        if job.on_error == "quarantine":
+            qdest, qtable = _quarantine_dest(job, dest)
+            qschema = _quarantine_schema(plan)
+            quarantine = _make_sink(qdest, plan, qschema, qtable)
+            quarantine.open(plan.shards)
+            summary.quarantine = quarantine.describe()
         progress = make_progress(job.progress or "none")
         progress.start(plan.rows_total, len(plan.shards))
         try:
-            run_pipeline(plan, sink, summary, progress)
+            run_pipeline(plan, sink, summary, progress, quarantine)
         finally:
             progress.close()
         sink.close()
         sink = None
-        summary.status = "ok"
-        summary.exit_code = int(ExitStatus.SUCCESS)
-        if plan.rows_total is not None and plan.where is not None:
-            summary.rows_filtered = plan.rows_total - summary.rows_read
+        if quarantine is not None:
+            quarantine.close()
+            quarantine = None
+        partial = summary.rows_skipped or summary.rows_quarantined or summary.shards_failed
+        summary.status = "partial" if partial else "ok"
+        summary.exit_code = int(ExitStatus.PARTIAL if partial else ExitStatus.SUCCESS)
         summary.finish()
         if not job.quiet:
             print_summary(summary, rich_console=console, log_format=job.log_format)
+        if partial:
+            log.warning(
+                f"warning: finished with {summary.rows_skipped + summary.rows_quarantined:,} bad row(s) "
+                f"{'quarantined' if job.on_error == 'quarantine' else 'skipped'} and "
+                f"{len(summary.shards_failed)} failed shard(s) (exit {int(ExitStatus.PARTIAL)})"
+            )
         return summary
     except BatchscoreError as exc:
         summary.status = "interrupted" if exc.exit_status == ExitStatus.INTERRUPTED else "failed"
@@ -126,8 +147,11 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
         summary.error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if sink is not None:
-            sink.abort()
+        for open_sink in (sink, quarantine):
+            if open_sink is not None:
+                open_sink.abort()
+        if lock is not None:
+            lock.release()
         if plan is not None and plan.backend is not None:
             plan.backend.close()
         if summary.finished_at is None:
@@ -161,3 +185,40 @@ def _fill_summary(summary: RunSummary, plan) -> None:
         summary.batch_size = plan.batch_size
         summary.batch_size_source = plan.batch_size_source
         summary.output_schema = [f"{f.name}: {f.type}" for f in plan.output_schema]
+
+
+def _make_sink(dest: str, plan, schema, table: str | None):
+    from .sinks import sink_class
+
+    job = plan.job
+    return sink_class(dest)(
+        dest,
+        schema=schema,
+        if_exists=job.if_exists,
+        run_id=plan.run_id,
+        metadata=plan.metadata(),
+        partition_columns=tuple(plan.hive_types),
+        table=table,
+        upsert_key=tuple(job.upsert_key or ()) if schema is plan.output_schema else (),
+        publish=job.publish,
+    )
+
+
+def _quarantine_dest(job: Job, dest: str) -> tuple[str, str | None]:
+    """--quarantine, or beside the output: <OUT>.quarantine/ or the table <table>_quarantine."""
+    if job.quarantine:
+        return job.quarantine, (f"{job.table}_quarantine" if job.table and "://" in job.quarantine else job.table)
+    if "://" in dest and not dest.startswith("file://"):
+        return dest, f"{job.table}_quarantine"
+    base = dest[len("file://"):] if dest.startswith("file://") else dest
+    base = base.rstrip("/\\")
+    if base.lower().endswith(".parquet"):
+        base = base[: -len(".parquet")]
+    return base + ".quarantine", None
+
+
+def _quarantine_schema(plan):
+    import pyarrow as pa
+
+    fields = [plan.schema.field(n) for n in plan.stream_columns]
+    return pa.schema(fields + [pa.field("reason", pa.string()), pa.field("shard", pa.string())])

@@ -79,11 +79,13 @@ def _fail(exc: BaseException, show_traceback: bool, log_format: str) -> None:
 def run(
     inputs: List[str] = typer.Argument(None, metavar="INPUT...", help="Files, directories (recursive; key=value/ folders become columns) and globs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The model file (ONNX). Required unless the config names it."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="A directory (one Parquet file per shard) or a .parquet file. Default: <first input>-scored."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="A directory (one Parquet file per shard), a .parquet file, sqlite:///FILE.db or postgresql://USER@HOST/DB (with --table). Default: <first input>-scored."),
     features: Optional[str] = typer.Option(None, "--features", help="Columns fed to the model, in order: a comma list; shell patterns like 'f*' match in schema order."),
     keep: Optional[str] = typer.Option(None, "--keep", help="Columns copied to the output (default: all non-feature columns; 'none' for none)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, gpu or gpu:N. Default: auto."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Model runtime (default: from the model file's extension)."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow pickled models (.joblib, .pkl): loading them runs code stored in the file."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (autocast) where the backend and device support it. Default: the model's."),
     where: Optional[str] = typer.Option(None, "--where", help="Score only rows matching this SQL predicate, e.g. \"ts >= '2026-12-03'\"."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per model batch (batches cross shard boundaries). Default: per backend."),
     prefetch: Optional[int] = typer.Option(None, "--prefetch", help="Batches read ahead of the model. Default: 4."),
@@ -91,6 +93,15 @@ def run(
     if_exists: Optional[str] = typer.Option(None, "--if-exists", help="When the output exists: fail (default), replace, append or resume."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Short for --if-exists replace."),
     resume: bool = typer.Option(False, "--resume", help="Short for --if-exists resume."),
+    table: Optional[str] = typer.Option(None, "--table", help="Database outputs: the table, NAME or SCHEMA.NAME (each part kept exactly, case included)."),
+    upsert_key: Optional[str] = typer.Option(None, "--upsert-key", help="Database outputs: key column(s), comma list; rows with an existing key are updated (idempotent writes)."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="per-shard (default: each input shard visible when it commits) or at-end (staged, published in one step when the run ends)."),
+    on_error: Optional[str] = typer.Option(None, "--on-error", help="Bad rows (nulls, NaN, unparsable cells, non-finite outputs) and bad shards: fail (default, exit 2), skip (count them, exit 3) or quarantine (write them aside, exit 3)."),
+    quarantine: Optional[str] = typer.Option(None, "--quarantine", help="Where --on-error quarantine writes bad rows. Default: <OUT>.quarantine/ beside a file output, <table>_quarantine in a database."),
+    allow_nan: bool = typer.Option(False, "--allow-nan", help="NaN and infinity in features are data, not errors (tree models read NaN as missing)."),
+    max_errors: Optional[int] = typer.Option(None, "--max-errors", help="End the run (exit 1) once more than N rows were bad."),
+    max_error_rate: Optional[float] = typer.Option(None, "--max-error-rate", help="End the run (exit 1) once bad rows exceed this fraction (0-1) of the rows read so far."),
+    no_lock: bool = typer.Option(False, "--no-lock", help="Do not lock the output (only for knowingly parallel appends)."),
     input_format: Optional[str] = typer.Option(None, "--input-format", help="parquet, csv, ndjson or ipc. Default: by extension."),
     prediction_prefix: Optional[str] = typer.Option(None, "--prediction-prefix", help="Prefix for prediction column names."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="An id recorded in the output and the report. Default: generated."),
@@ -109,10 +120,11 @@ def run(
     if_exists = if_exists or ("replace" if overwrite else "resume" if resume else None)
     flags = dict(
         inputs=inputs or None, model=model, output=output, features=features, keep=keep, device=device,
-        backend=backend, where=where, batch_size=batch_size, prefetch=prefetch, threads=threads,
-        if_exists=if_exists, input_format=input_format, prediction_prefix=prediction_prefix, run_id=run_id,
+        backend=backend, trust_model=trust_model or None, precision=precision, where=where, batch_size=batch_size, prefetch=prefetch, threads=threads,
+        if_exists=if_exists, table=table, upsert_key=upsert_key, publish=publish, input_format=input_format, prediction_prefix=prediction_prefix, run_id=run_id,
         report=report, quiet=quiet or None, log_format=log_format, dry_run=dry_run or None,
-        allow_empty=allow_empty or None,
+        allow_empty=allow_empty or None, on_error=on_error, quarantine=quarantine, allow_nan=allow_nan or None,
+        max_errors=max_errors, max_error_rate=max_error_rate, no_lock=no_lock or None,
     )
     fmt = log_format or os.environ.get("BATCHSCORE_LOG_FORMAT") or "text"
     try:
@@ -129,9 +141,28 @@ def run(
         summary = run_job(job, console=tty and job.log_format == "text")
     except typer.Exit:
         raise
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+
+        _fail(Interrupted("interrupted before scoring started; nothing was written"), show_traceback, fmt)
     except (BatchscoreError, Exception) as exc:
         _fail(exc, show_traceback, fmt)
     raise typer.Exit(summary.exit_code or 0)
+
+
+@app.command()
+def unlock(
+    output: str = typer.Argument(..., help="The output whose lock to remove (as given to --output)."),
+) -> None:
+    """Remove the lock on OUTPUT left by a run that is gone (e.g. on another machine)."""
+    from .lock import unlock as _unlock
+
+    try:
+        typer.echo(_unlock(output), err=True)
+    except BatchscoreError as exc:
+        _fail(exc, False, "text")
+    except OSError as exc:
+        _fail(BatchscoreError(f"cannot remove the lock on {output}: {exc.strerror}"), False, "text")
 
 
 def _on_sigterm(signum, frame):  # Airflow, timeout(1) and Kubernetes send SIGTERM
@@ -156,3 +187,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+from .cli_models import register as _register_model_commands  # noqa: E402 - needs `app`
+
+_register_model_commands(app)

@@ -123,3 +123,69 @@ def resolve_device(requested: str, backend: "type[Backend]") -> "Device":
             )
         return Device(kind, int(index) if index.isdigit() else None, kind.upper())
     raise DeviceError(f"--device {requested!r} is not a device: use auto, cpu, gpu, gpu:N, cuda:N, tpu or mps")
+
+
+def tpus() -> list[str]:
+    """TPU chips visible to this host (their /dev/accel* or /dev/vfio device files)."""
+    import glob
+
+    return sorted(glob.glob("/dev/accel[0-9]*")) or (
+        sorted(p for p in glob.glob("/dev/vfio/[0-9]*")) if os.path.exists("/sys/class/tpu") else []
+    )
+
+
+def survey() -> dict:
+    """What this machine has and which backends can use it (``batchscore devices``).
+
+    Returns:
+        ``{"cpu": {...}, "gpus": [...], "tpus": [...], "mps": bool, "backends": {name: {...}},
+        "warnings": [...]}``; each backend entry lists the device kinds it can use here
+        (``usable``), or says what to install (``install``) or what is wrong (``problems``).
+    """
+    import importlib.util
+
+    from .backends import available, load_class
+    from .errors import BatchscoreError
+
+    gpus = nvidia_gpus()
+    out: dict = {
+        "cpu": {"cores": cpu_count(), "os_cpus": os.cpu_count()},
+        "gpus": [{"index": g.index, "name": g.name, "memory_mib": g.memory_mib} for g in gpus],
+        "tpus": tpus(),
+        "mps": False,
+        "backends": {},
+        "warnings": [],
+    }
+    for name in sorted(available()):
+        entry: dict = {"usable": [], "problems": {}}
+        try:
+            cls = load_class(name)
+        except BatchscoreError:
+            cls = None
+        # Backends name the packages they import lazily; find_spec does not import them.
+        requires = getattr(cls, "requires", ()) if cls is not None else (name,)
+        if cls is None or any(importlib.util.find_spec(r) is None for r in requires):
+            entry["install"] = f"pip install 'batchscore[{name}]'"
+            out["backends"][name] = entry
+            continue
+        for kind in cls.device_kinds:
+            if kind == "cpu":
+                entry["usable"].append("cpu")
+                continue
+            try:
+                cls.resolve_device({"cuda": "gpu"}.get(kind, kind))
+                entry["usable"].append(kind)
+            except BatchscoreError as exc:
+                entry["problems"][kind] = str(exc).split(": ", 1)[-1].removesuffix("; use --device cpu or auto")
+            except Exception as exc:  # noqa: BLE001 - a broken runtime must not break the listing
+                entry["problems"][kind] = f"{type(exc).__name__}: {exc}"
+        if "mps" in entry["usable"]:
+            out["mps"] = True
+        out["backends"][name] = entry
+    onnx = out["backends"].get("onnx", {})
+    if gpus and "cuda" not in onnx.get("usable", []):
+        out["warnings"].append(
+            "a GPU is present but onnxruntime has no CUDA provider: the CPU build shadows onnxruntime-gpu; "
+            "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]'"
+        )
+    return out

@@ -105,3 +105,9 @@ class MissingDependencyError(UsageError):
     @classmethod
     def for_extra(cls, what: str, extra: str) -> "MissingDependencyError":
         return cls(f"{what} is not installed: pip install 'batchscore[{extra}]'")
+
+
+class TooManyErrors(BatchscoreError):
+    """More rows were bad than --max-errors / --max-error-rate allow."""
+
+    exit_status = ExitStatus.RETRYABLE

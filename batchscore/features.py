@@ -336,3 +336,70 @@ def check_prediction_names(kept: list[str], outputs: list[str], prefix: str) -> 
     if len(set(names)) != len(names):
         raise UsageError("model outputs have duplicate names")
     return names
+
+
+def _float_like(t: pa.DataType) -> bool:
+    return pat.is_floating(_value_type(t))
+
+
+def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rows the model cannot take: nulls in a feature column, and NaN or
+    infinity unless ``allow_nan``. Returns (row indices, reasons) or None.
+
+    The common case costs one aggregate per column (null counts are cached;
+    a finite sum means no NaN or infinity); rows are only looked at when a
+    column has something to report.
+    """
+    import pyarrow.compute as pc
+
+    bad = None
+    reasons = None
+    for name in plan.columns:
+        col = batch.column(name)
+        values = col
+        if _is_list(col.type):
+            values = col.flatten()
+            while _is_list(values.type):
+                values = values.flatten()
+        check_nan = not allow_nan and _float_like(values.type) and len(values)
+        if not col.null_count and not values.null_count:
+            if not check_nan:
+                continue
+            total = pc.sum(values).as_py()
+            if total is not None and np.isfinite(total):
+                continue
+        mask = np.zeros(batch.num_rows, dtype=bool)
+        why = None
+        if col.null_count:
+            mask |= col.is_null().to_numpy(zero_copy_only=False)
+            why = f"null in column {name!r}"
+        if values is not col:  # lists: a null or non-finite value anywhere in a row's list
+            inner = values.is_null()
+            if check_nan:
+                inner = pc.or_(inner, pc.invert(pc.fill_null(pc.is_finite(values), True)))
+            if pc.any(inner).as_py():
+                # Map each leaf value back to its top-level row, level by level.
+                top = np.arange(len(col))
+                level = col
+                while _is_list(level.type):
+                    top = top[pc.list_parent_indices(level).to_numpy()]
+                    level = level.flatten()
+                mask[np.unique(top[inner.to_numpy(zero_copy_only=False)])] = True
+                why = why or f"null, NaN or infinity inside column {name!r}"
+        elif check_nan:
+            nonfinite = pc.invert(pc.fill_null(pc.is_finite(col), True)).to_numpy(zero_copy_only=False)
+            if nonfinite.any():
+                mask |= nonfinite
+                why = f"NaN or infinity in column {name!r}" if why is None else f"null, NaN or infinity in column {name!r}"
+        if not mask.any():
+            continue
+        if bad is None:
+            bad = np.zeros(batch.num_rows, dtype=bool)
+            reasons = np.empty(batch.num_rows, dtype=object)
+        new = mask & ~bad
+        reasons[new] = why
+        bad |= mask
+    if bad is None:
+        return None
+    idx = np.flatnonzero(bad)
+    return idx, reasons[idx]

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from .errors import ConfigError, UsageError
 
 IF_EXISTS = ("fail", "replace", "append", "resume")
+PUBLISH = ("per-shard", "at-end")
 INPUT_FORMATS = ("auto", "parquet", "csv", "ndjson", "ipc")
 LOG_FORMATS = ("text", "json")
 ON_ERROR = ("fail", "skip", "quarantine")
@@ -36,6 +37,8 @@ class Job:
     keep: list[str] | None = None
     device: str = "auto"
     backend: str | None = None
+    trust_model: bool = False  # allow model formats that run code when loaded (pickles)
+    precision: str | None = None  # fp32, fp16, bf16 where the backend and device support it
     where: str | None = None
     batch_size: int | None = None
     prefetch: int = 4
@@ -44,16 +47,29 @@ class Job:
     quiet: bool = False
     log_format: str = "text"
     if_exists: str = "fail"
+    table: str | None = None  # database outputs: [schema.]name
+    upsert_key: list[str] | None = None  # database outputs: key columns; writes become upserts
+    publish: str | None = None  # "per-shard" or "at-end"; None: per-shard (or what --resume continues)
     input_format: str = "auto"
     prediction_prefix: str = ""
     run_id: str | None = None
     dry_run: bool = False
     allow_empty: bool = False
+    on_error: str = "fail"  # bad rows and shards: fail, skip or quarantine
+    quarantine: str | None = None  # where quarantined rows go (default: beside the output)
+    allow_nan: bool = False  # NaN/inf features are data (tree models read NaN as missing)
+    max_errors: int | None = None  # end the run (exit 1) past this many bad rows
+    max_error_rate: float | None = None  # ... or past this fraction of the rows read so far
+    no_lock: bool = False  # do not lock the output (knowingly parallel appends)
     progress: str | None = None  # "rich", "log", "tqdm", "none"; None picks one
     config_path: str | None = None  # the TOML file that was read, if any
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def backend_options(self) -> dict[str, Any]:
+        """Options every backend receives; each uses what applies to it."""
+        return {"trust_model": self.trust_model, "precision": self.precision, "batch_size": self.batch_size}
 
     def validate(self) -> "Job":
         if self.batch_size is not None and self.batch_size < 1:
@@ -63,7 +79,18 @@ class Job:
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
         _choice("--if-exists", self.if_exists, IF_EXISTS)
+        if self.publish is not None:
+            _choice("--publish", self.publish, PUBLISH)
+        if self.upsert_key is not None and not self.upsert_key:
+            raise UsageError("--upsert-key is empty: give the key column(s), e.g. --upsert-key id")
         _choice("--input-format", self.input_format, INPUT_FORMATS)
+        _choice("--on-error", self.on_error, ON_ERROR)
+        if self.max_errors is not None and self.max_errors < 0:
+            raise UsageError(f"--max-errors must be 0 or more, got {self.max_errors}")
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
+            raise UsageError(f"--max-error-rate must be a fraction between 0 and 1, got {self.max_error_rate}")
+        if self.quarantine and self.on_error != "quarantine":
+            raise UsageError("--quarantine is only used with --on-error quarantine: add it, or drop --quarantine")
         _choice("--log-format", self.log_format, LOG_FORMATS)
         if not _DEVICE_RE.match(self.device):
             raise UsageError(
@@ -88,10 +115,11 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Job))
-_LIST_FIELDS = {"inputs", "features", "keep"}
-_INT_FIELDS = {"batch_size", "prefetch", "threads"}
-_BOOL_FIELDS = {"quiet", "dry_run", "allow_empty"}
-_PATH_FIELDS = {"model", "output", "report"}
+_LIST_FIELDS = {"inputs", "features", "keep", "upsert_key"}
+_INT_FIELDS = {"batch_size", "prefetch", "threads", "max_errors"}
+_FLOAT_FIELDS = {"max_error_rate"}
+_BOOL_FIELDS = {"quiet", "dry_run", "allow_empty", "trust_model", "allow_nan", "no_lock"}
+_PATH_FIELDS = {"model", "output", "report", "quarantine"}
 _NOT_CONFIGURABLE = {"dry_run", "config_path"}
 # Shorthands accepted in TOML and the environment, as on the command line.
 _ALIASES = {"overwrite": ("if_exists", "replace"), "resume": ("if_exists", "resume")}
@@ -123,6 +151,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if name in _FLOAT_FIELDS:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
         if name in _BOOL_FIELDS:
             if isinstance(value, bool):
                 return value

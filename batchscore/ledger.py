@@ -265,13 +265,15 @@ class SqlLedger:
 
     def set_status(self, dest: str, run_id: str, status: str) -> None:
         p = self._param
-        finished = f"{self._ts(3)}" if status == "complete" else "NULL"
-        params: tuple = (dest, run_id, time.time()) if status == "complete" else (dest, run_id)
-        self._run(
-            f"UPDATE {self.name(RUNS)} SET status = '{status}', finished_at = {finished} "
-            f"WHERE dest = {p(1)} AND run_id = {p(2)}",
-            params,
-        )
+        # Placeholders numbered in order of appearance: SQLite's "?" are positional.
+        if status == "complete":
+            sql = (f"UPDATE {self.name(RUNS)} SET status = {p(1)}, finished_at = {self._ts(2)} "
+                   f"WHERE dest = {p(3)} AND run_id = {p(4)}")
+            self._run(sql, (status, time.time(), dest, run_id))
+        else:
+            sql = (f"UPDATE {self.name(RUNS)} SET status = {p(1)}, finished_at = NULL "
+                   f"WHERE dest = {p(2)} AND run_id = {p(3)}")
+            self._run(sql, (status, dest, run_id))
 
     def forget(self, dest: str, *, except_run: str | None = None) -> None:
         """Delete the records of ``dest`` (its table was dropped or replaced)."""

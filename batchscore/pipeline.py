@@ -21,8 +21,10 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from .errors import BatchscoreError, Interrupted, UsageError
-from .features import build_feeds
+import numpy as np
+
+from .errors import BatchscoreError, DataError, InputError, Interrupted, SchemaError, TooManyErrors, UsageError
+from .features import build_feeds, find_bad_rows
 from .outputs import to_arrow
 from .plan import Plan
 from .report import NullProgress, RunSummary
@@ -35,13 +37,29 @@ MIN_READ_BATCH = 65_536
 
 @dataclass
 class WorkItem:
-    """One model batch: its inputs, the kept columns per shard segment, and
-    the shards whose last row is in (or before) this batch."""
+    """One model batch: its inputs, the rows per shard segment, and the
+    shards whose last row is in (or before) this batch."""
 
     rows: int
     feeds: dict[str, Any] | None
     parts: list[tuple[int, pa.RecordBatch]]
     ends: list[int] = field(default_factory=list)
+    #: Bad input rows found since the last item: (shard, rows with reason).
+    quarantine: list[tuple[int, pa.RecordBatch, np.ndarray]] = field(default_factory=list)
+    #: Shards that failed part-way: (shard, reason); their rows are dropped.
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    #: Rows (within the batch) whose model output is NaN or infinite, with the output name.
+    bad_outputs: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class ShardStats:
+    read: int = 0
+    filtered: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    written: int = 0
+    emitted: int = 0  # rows handed to the model
 
 
 class Rebatcher:
@@ -66,6 +84,11 @@ class Rebatcher:
             yield [], 0, [shard]
         else:
             self.markers.append((self.buffered, shard))
+
+    def drop_shard(self, shard: int) -> None:
+        """Forget the buffered rows of a shard that failed part-way (always the last one)."""
+        while self.pieces and self.pieces[-1][0] == shard:
+            self.buffered -= self.pieces.pop()[1].num_rows
 
     def flush(self) -> Iterator[tuple[list, int, list[int]]]:
         if self.buffered or self.markers:
@@ -131,12 +154,12 @@ class _Stopped(Exception):
     pass
 
 
-def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int) -> pa.RecordBatch:
+def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int, columns: list[str] | None = None) -> pa.RecordBatch:
     """Add hive columns and cast to the dataset's types, in stream column order."""
     shard = plan.shards[shard_idx]
     hive = dict(shard.partitions)
     arrays, names = [], []
-    for name in plan.stream_columns:
+    for name in columns or plan.stream_columns:
         target = plan.schema.field(name).type
         if name in plan.hive_types and batch.schema.get_field_index(name) < 0:
             value = hive.get(name)
@@ -148,8 +171,6 @@ def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int) -> pa.RecordBatc
                 try:
                     arr = arr.cast(target)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    from .errors import SchemaError
-
                     raise SchemaError(
                         f"column {name!r} in {shard.path} is {arr.type} and cannot be read as {target}: "
                         f"{' '.join(str(exc).split())}"
@@ -159,113 +180,266 @@ def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def _shard_batches(plan: Plan, idx: int, read_batch: int) -> Iterator[pa.RecordBatch]:
+def _polars_message(exc: BaseException) -> str:
+    msg = str(exc).split("\n\n")[0].split("Resolved plan")[0]
+    return " ".join(msg.split())[:300]
+
+
+def _where_sql(plan: Plan) -> str:
+    return f"SELECT * FROM t WHERE {plan.job.where}"
+
+
+def _shard_batches(plan: Plan, idx: int, read_batch: int, stats: ShardStats) -> Iterator[pa.RecordBatch]:
+    """The shard's rows (after --where) as batches of the stream columns."""
     reader = plan.readers[idx]
     if reader.num_rows == 0 or reader.schema is None:
         return
     if plan.where is None:
         for batch in reader.iter_batches(plan.read_columns, read_batch, schema=plan.schema):
+            stats.read += batch.num_rows
             yield _conform(batch, plan, idx)
         return
-    # --where: polars scans the file with the predicate pushed down (row groups skipped by statistics).
     import polars as pl
 
     shard = plan.shards[idx]
     try:
-        lf = reader.scan_polars()
-        hive = [
-            pl.lit(int(v) if pa.types.is_integer(plan.hive_types[k]) else v).alias(k)
-            for k, v in shard.partitions if k in plan.hive_types and k not in reader.schema.names
-        ]
-        if hive:
-            lf = lf.with_columns(hive)
-        # SQLContext (unlike a bare expression) coerces string literals to the
-        # column's type, so `ts >= '2026-12-03'` works on timestamps; the
-        # predicate is still pushed into the scan.
-        lf = pl.SQLContext(frames={"t": lf}).execute(f"SELECT * FROM t WHERE {plan.job.where}", eager=False)
-        lf = lf.select(plan.stream_columns)
-        for df in lf.collect_batches(chunk_size=read_batch):
-            for batch in df.to_arrow().to_batches():
-                yield _conform(batch, plan, idx)
+        if reader.cheap_row_count and reader.num_rows is not None and reader.pushdown:
+            # polars scans the file with the predicate pushed down: row groups whose
+            # statistics rule it out are never decoded. SQLContext (unlike a bare
+            # expression) coerces string literals, so `ts >= '2026-12-03'` works.
+            lf = reader.scan_polars()
+            hive = [
+                pl.lit(int(v) if pa.types.is_integer(plan.hive_types[k]) else v).alias(k)
+                for k, v in shard.partitions if k in plan.hive_types and k not in reader.schema.names
+            ]
+            if hive:
+                lf = lf.with_columns(hive)
+            lf = pl.SQLContext(frames={"t": lf}).execute(_where_sql(plan), eager=False).select(plan.stream_columns)
+            passed = 0
+            for df in lf.collect_batches(chunk_size=read_batch):
+                passed += df.height
+                for batch in df.to_arrow().to_batches():
+                    yield _conform(batch, plan, idx)
+            stats.read += reader.num_rows
+            stats.filtered += reader.num_rows - passed
+            return
+        # Formats without statistics: read every row, filter in memory (and count).
+        wanted = list(dict.fromkeys(plan.stream_columns + plan.where_columns))
+        for batch in reader.iter_batches(plan.read_columns, read_batch, schema=plan.schema):
+            stats.read += batch.num_rows
+            full = _conform(batch, plan, idx, wanted)
+            df = pl.SQLContext(frames={"t": pl.from_arrow(full)}).execute(_where_sql(plan), eager=True)
+            stats.filtered += batch.num_rows - df.height
+            for out in df.select(plan.stream_columns).to_arrow().to_batches():
+                yield _conform(out, plan, idx)
     except BatchscoreError:
         raise
     except pl.exceptions.PolarsError as exc:
-        msg = str(exc).split("\n\n")[0].split("Resolved plan")[0]
-        msg = " ".join(msg.split())[:300]
-        if isinstance(exc, (pl.exceptions.ComputeError,)) and "parquet" in msg.lower():
+        msg = _polars_message(exc)
+        if isinstance(exc, pl.exceptions.ComputeError) and ("parquet" in msg.lower() or "ipc" in msg.lower()):
             raise reader.corrupt(exc) from None
         raise UsageError(f"--where {plan.job.where!r} failed on {shard.path}: {msg}") from None
     except OSError as exc:
         raise reader.corrupt(exc) from None
 
 
-def run_pipeline(plan: Plan, sink: Sink, summary: RunSummary, progress: NullProgress) -> None:
-    """Score every shard of the plan into the sink. Raises on failure or interrupt."""
+def _with_reason(batch: pa.RecordBatch, idx: np.ndarray, reasons: np.ndarray, shard_path: str) -> pa.RecordBatch:
+    rows = batch.take(pa.array(idx))
+    return rows.append_column("reason", pa.array(list(reasons), pa.string())).append_column(
+        "shard", pa.repeat(pa.scalar(shard_path), len(idx))
+    )
+
+
+def _drop_rows(batch: pa.RecordBatch, idx: np.ndarray) -> pa.RecordBatch:
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[idx] = False
+    return batch.filter(pa.array(keep))
+
+
+def run_pipeline(
+    plan: Plan,
+    sink: Sink,
+    summary: RunSummary,
+    progress: NullProgress,
+    quarantine: Sink | None = None,
+) -> None:
+    """Score every shard of the plan into the sink. Raises on failure or interrupt.
+
+    Bad rows (``--on-error skip|quarantine``) are dropped or written to the
+    ``quarantine`` sink; a shard that fails part-way is rolled back and listed
+    in the summary. Every row is accounted for: read = written + skipped +
+    quarantined + filtered, per committed shard.
+    """
     job = plan.job
     size = plan.batch_size
     fixed = plan.features.fixed_batch
-    read_batch = max(size, MIN_READ_BATCH) if size < MIN_READ_BATCH else size
+    read_batch = max(size, MIN_READ_BATCH)
+    on_error = job.on_error
     stop = threading.Event()
     in_q: queue.Queue = queue.Queue(maxsize=job.prefetch)
     out_q: queue.Queue = queue.Queue(maxsize=2)
-    shard_rows = [0] * len(plan.shards)
-    counters = {"read": 0, "written": 0, "shards_done": 0}
+    stats = [ShardStats() for _ in plan.shards]
+    live = {"read": 0, "bad": 0, "written": 0, "shards_done": 0}
     summary.shards = []
+    keep_idx = [plan.stream_columns.index(c) for c in plan.features.keep]
+    out_types = [f.type for f in plan.output_schema][len(plan.features.keep):]
+    q_used: set[int] = set()
+
+    def count_bad(n: int) -> None:
+        live["bad"] += n
+        if job.max_errors is not None and live["bad"] > job.max_errors:
+            raise TooManyErrors(
+                f"{live['bad']} bad rows, more than --max-errors {job.max_errors}: "
+                "fix the data, or raise the limit; the run stopped here"
+            )
+        if job.max_error_rate is not None and live["read"] and live["bad"] / live["read"] > job.max_error_rate:
+            raise TooManyErrors(
+                f"{live['bad']} of {live['read']} rows read were bad ({live['bad'] / live['read']:.2%}), "
+                f"more than --max-error-rate {job.max_error_rate}: fix the data, or raise the limit"
+            )
 
     def produce() -> None:
         rb = Rebatcher(size)
+        pending_q: list = []
+        pending_failed: list = []
 
         def emit(parts, rows, ends) -> bool:
-            segs = [(plan.shards[s].path, b) for s, b in parts]
             feeds = None
             if rows:
+                segs = [(plan.shards[s].path, b) for s, b in parts]
                 feeds = build_feeds(plan.features, segs, rows, fixed if fixed and rows < fixed else None)
-            kept = [(s, b.select(plan.features.keep)) for s, b in parts]
-            return _put(in_q, WorkItem(rows, feeds, kept, ends), stop)
+                for s, b in parts:
+                    stats[s].emitted += b.num_rows
+            item = WorkItem(rows, feeds, parts, ends, list(pending_q), list(pending_failed))
+            pending_q.clear()
+            pending_failed.clear()
+            return _put(in_q, item, stop)
 
         for idx in range(len(plan.shards)):
-            for batch in _shard_batches(plan, idx, read_batch):
-                if stop.is_set():
-                    return
-                shard_rows[idx] += batch.num_rows
-                counters["read"] += batch.num_rows
-                for item in rb.add(idx, batch):
-                    if not emit(*item):
+            shard = plan.shards[idx]
+            st = stats[idx]
+            try:
+                for batch in _shard_batches(plan, idx, read_batch, st):
+                    if stop.is_set():
                         return
+                    live["read"] = sum(x.read for x in stats)
+                    bad = find_bad_rows(plan.features, batch, job.allow_nan)
+                    if bad is not None:
+                        rows, reasons = bad
+                        if on_error == "fail":
+                            where = "" if plan.where is not None else f" at row {st.read - batch.num_rows + int(rows[0])}"
+                            raise DataError(
+                                f"{shard.path}: {reasons[0]}{where} ({len(rows)} bad row(s) in this part of the file): "
+                                "fix the data, or pass --on-error skip|quarantine"
+                                + ("" if job.allow_nan or "NaN" not in reasons[0] else " (or --allow-nan)")
+                            )
+                        if on_error == "quarantine":
+                            pending_q.append((idx, _with_reason(batch, rows, reasons, shard.path), rows))
+                            st.quarantined += len(rows)
+                        else:
+                            st.skipped += len(rows)
+                        count_bad(len(rows))
+                        batch = _drop_rows(batch, rows)
+                    for item in rb.add(idx, batch):
+                        if not emit(*item):
+                            return
+            except (InputError, SchemaError) as exc:
+                if on_error == "fail":
+                    raise
+                rb.drop_shard(idx)
+                pending_q[:] = [q for q in pending_q if q[0] != idx]
+                pending_failed.append((idx, str(exc)))
+                if not emit([], 0, []):
+                    return
+                continue
             for item in rb.end_shard(idx):
                 if not emit(*item):
                     return
         for item in rb.flush():
             if not emit(*item):
                 return
+        if pending_q or pending_failed:
+            emit([], 0, [])
         _put(in_q, _DONE, stop)
 
+    def commit(s: int) -> None:
+        shard = plan.shards[s]
+        if quarantine is not None and s in q_used:
+            quarantine.commit_shard(shard, stats[s].quarantined)
+        sink.commit_shard(shard, stats[s].written)
+        st = stats[s]
+        live["shards_done"] += 1
+        summary.shards_done += 1
+        summary.rows_read += st.read
+        summary.rows_filtered = (summary.rows_filtered or 0) + st.filtered
+        summary.rows_skipped += st.skipped
+        summary.rows_quarantined += st.quarantined
+        summary.rows_written += st.written
+        summary.shards.append({"path": shard.path, "output": shard.output_name, "rows_read": st.read,
+                               "rows_written": st.written, "rows_skipped": st.skipped,
+                               "rows_quarantined": st.quarantined, "rows_filtered": st.filtered})
+
+    def fail_shard(s: int, reason: str) -> None:
+        shard = plan.shards[s]
+        sink.abort_shard(shard)
+        if quarantine is not None and s in q_used:
+            quarantine.abort_shard(shard)
+        summary.shards_failed.append({"path": shard.path, "error": reason})
+        log_warning(f"skipped shard {shard.path}: {reason}")
+
     def consume() -> None:
-        types = [f.type for f in plan.output_schema][len(plan.features.keep):]
         outputs = plan.output_names
         while True:
             got = _get(out_q, stop, [])
             if got is _DONE:
                 return
             item, preds = got
-            cols = [to_arrow(n, preds[n], item.rows, t) for n, t in zip(outputs, types)] if preds else []
-            # Shards arrive in order: write a shard's rows, then commit it, then the next.
-            events = [(s, 0, kept) for s, kept in item.parts] + [(s, 1, None) for s in item.ends]
-            events.sort(key=lambda e: (e[0], e[1]))
+            cols = [to_arrow(n, preds[n], item.rows, t) for n, t in zip(outputs, out_types)] if preds else []
+            bad_rows = item.bad_outputs[0] if item.bad_outputs is not None else None
+            # Shards arrive in order: a shard's rows, then its commit, then the next shard.
+            events = [(s, 0, ("rows", b)) for s, b in item.parts]
+            events += [(s, 0, ("quarantine", (b, r))) for s, b, r in item.quarantine]
+            events += [(s, 1, ("failed", why)) for s, why in item.failed]
+            events += [(s, 1, ("end", None)) for s in item.ends]
+            order = {id(e): i for i, e in enumerate(events)}
+            events.sort(key=lambda e: (e[0], e[1], order[id(e)]))
             off = 0
-            for s, is_end, kept in events:
+            for s, _, (kind, payload) in events:
                 shard = plan.shards[s]
-                if is_end:
-                    sink.commit_shard(shard, shard_rows[s])
-                    counters["shards_done"] += 1
-                    summary.shards.append({"path": shard.path, "output": shard.output_name, "rows": shard_rows[s]})
-                    continue
-                n = kept.num_rows
-                arrays = list(kept.columns) + [c.slice(off, n) for c in cols]
-                sink.write(shard, pa.RecordBatch.from_arrays(arrays, schema=plan.output_schema))
-                off += n
-            counters["written"] += item.rows
-            progress.update(counters["written"], counters["shards_done"])
+                if kind == "end":
+                    commit(s)
+                elif kind == "failed":
+                    fail_shard(s, payload)
+                elif kind == "quarantine":
+                    quarantine.write(shard, payload[0])
+                    q_used.add(s)
+                else:
+                    batch = payload
+                    n = batch.num_rows
+                    arrays = [batch.column(i) for i in keep_idx] + [c.slice(off, n) for c in cols]
+                    out = pa.RecordBatch.from_arrays(arrays, schema=plan.output_schema)
+                    if bad_rows is not None:
+                        local = bad_rows[(bad_rows >= off) & (bad_rows < off + n)] - off
+                        if len(local):
+                            reasons = item.bad_outputs[1][(bad_rows >= off) & (bad_rows < off + n)]
+                            if quarantine is not None:
+                                quarantine.write(shard, _with_reason(batch, local, reasons, shard.path))
+                                q_used.add(s)
+                                stats[s].quarantined += len(local)
+                            else:
+                                stats[s].skipped += len(local)
+                            count_bad(len(local))
+                            out = _drop_rows(out, local)
+                    sink.write(shard, out)
+                    stats[s].written += out.num_rows
+                    live["written"] += out.num_rows
+                    off += n
+            progress.update(live["written"], live["shards_done"])
+
+    from .report import log
+
+    def log_warning(msg: str) -> None:
+        log.warning(f"warning: {msg}")
 
     reader = _Stage("reader", produce, stop)
     writer = _Stage("writer", consume, stop)
@@ -285,6 +459,7 @@ def run_pipeline(plan: Plan, sink: Sink, summary: RunSummary, progress: NullProg
                 summary.record_latency(time.perf_counter() - t0)
                 summary.batches += 1
                 item.feeds = None
+                item.bad_outputs = _nonfinite_outputs(preds, item.rows, plan, on_error)
             if not _put(out_q, (item, preds), stop):
                 break
         _put(out_q, _DONE, stop)
@@ -294,7 +469,7 @@ def run_pipeline(plan: Plan, sink: Sink, summary: RunSummary, progress: NullProg
         stop.set()
         _join(stages)
         raise Interrupted(
-            f"interrupted after {counters['shards_done']} of {len(plan.shards)} shards; committed shards are kept: "
+            f"interrupted after {live['shards_done']} of {len(plan.shards)} shards; committed shards are kept: "
             "rerun with --resume to finish"
         ) from None
     except _Stopped:
@@ -303,14 +478,39 @@ def run_pipeline(plan: Plan, sink: Sink, summary: RunSummary, progress: NullProg
         stop.set()
         _join(stages)
         raise
-    finally:
-        summary.rows_read = counters["read"]
-        summary.rows_written = counters["written"]
-        summary.shards_done = counters["shards_done"]
     _join(stages)
     for s in stages:
         if s.error is not None:
             raise s.error
+
+
+def _nonfinite_outputs(preds: dict[str, Any], rows: int, plan: Plan, on_error: str):
+    """Rows whose float outputs are NaN or infinite, with the output's name."""
+    bad = None
+    reasons = None
+    for name, arr in preds.items():
+        arr = np.asarray(arr)
+        if arr.dtype.kind != "f":
+            continue
+        if np.isfinite(arr[:rows]).all():
+            continue
+        mask = ~np.isfinite(arr[:rows].reshape(rows, -1)).all(axis=1)
+        if on_error == "fail":
+            first = int(np.flatnonzero(mask)[0])
+            raise DataError(
+                f"model output {name!r} is NaN or infinite for {int(mask.sum())} row(s) "
+                f"(row {first} of a {rows}-row batch): check the model and its inputs, "
+                "or pass --on-error skip|quarantine"
+            )
+        if bad is None:
+            bad = np.zeros(rows, dtype=bool)
+            reasons = np.empty(rows, dtype=object)
+        reasons[mask & ~bad] = f"model output {name!r} is NaN or infinite"
+        bad |= mask
+    if bad is None:
+        return None
+    idx = np.flatnonzero(bad)
+    return idx, reasons[idx]
 
 
 def _join(stages: list[_Stage]) -> None:

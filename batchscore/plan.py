@@ -4,6 +4,7 @@ mistakes fail fast (before any row is scored) and --dry-run can print it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -49,6 +50,9 @@ class Plan:
     where: Any = None  # a polars expression
     rows_total: int | None = None
     warnings: list[str] = field(default_factory=list)
+    where_columns: list[str] = field(default_factory=list)
+    #: Shards left out (--on-error skip|quarantine): (shard, reason).
+    failed_shards: list[tuple[Shard, str]] = field(default_factory=list)
     #: Hash of everything that decides the result (model, features, keep, where, schema).
     job_key: str = ""
 
@@ -124,8 +128,38 @@ def _hive_types(shards: list[Shard]) -> dict[str, pa.DataType]:
     return types
 
 
-def _unify(readers: list[ShardReader], hive: dict[str, pa.DataType]) -> tuple[pa.Schema, list[str]]:
-    """The dataset schema and the columns present in every non-empty shard."""
+def _check_output_names(shards: list[Shard]) -> None:
+    names: dict[str, str] = {}
+    for s in shards:
+        if s.output_name in names:
+            raise UsageError(
+                f"inputs {names[s.output_name]} and {s.path} would both be written to {s.output_name}: "
+                "pass their common parent directory instead, or write to a single .parquet file"
+            )
+        names[s.output_name] = s.path
+
+
+def _unify(readers: list[ShardReader], hive: dict[str, pa.DataType], tolerant: "Plan | None" = None) -> tuple[pa.Schema, list[str]]:
+    """The dataset schema and the columns present in every non-empty shard.
+
+    With ``tolerant`` (a plan, --on-error skip|quarantine), a shard whose column
+    types disagree with the shards before it is moved to the plan's failed shards.
+    """
+    if tolerant is not None:
+        ok = []
+        for r in readers:
+            try:
+                _unify(ok + [r], hive)
+            except SchemaError as exc:
+                tolerant.failed_shards.append((r.shard, str(exc)))
+                continue
+            ok.append(r)
+        if len(ok) < len(readers):
+            keep = {id(r) for r in ok}
+            pairs = [(s, r) for s, r in zip(tolerant.shards, tolerant.readers) if id(r) in keep]
+            tolerant.shards[:] = [s for s, _ in pairs]
+            tolerant.readers[:] = [r for _, r in pairs]
+            readers = ok
     with_schema = [r for r in readers if r.schema is not None]
     if not with_schema:
         return None, []
@@ -204,50 +238,85 @@ def _probe_outputs(backend: Backend, plan: Plan) -> dict[str, tuple[str, tuple[i
 def make_plan(job: Job) -> Plan:
     """Everything about a run that can be decided before reading rows."""
     run_id = job.run_id or new_run_id()
+    tolerant = job.on_error != "fail"
     shards = discover(job.inputs, job.input_format, job.allow_empty)
-    readers = [open_shard(s) for s in shards]
-    plan = Plan(job=job, run_id=run_id, shards=shards, readers=readers)
-    plan.output = job.output or default_output(job.inputs[0])
-    counts = [r.num_rows for r in readers]
-    plan.rows_total = None if any(c is None for c in counts) else sum(counts)
+    output = job.output or default_output(job.inputs[0])
+    if "://" not in output and os.path.exists(os.path.join(output, "_batchscore_manifest.json")):
+        # An earlier run's output inside an input directory is not input (a rerun would read it).
+        out_real = os.path.realpath(output)
+        shards = [s for s in shards if not os.path.realpath(s.path).startswith(out_real + os.sep)]
+        shards = [dataclasses.replace(s, index=i) for i, s in enumerate(shards)]
+    if not output.lower().endswith(".parquet"):
+        _check_output_names(shards)
+    plan = Plan(job=job, run_id=run_id, shards=[], readers=[])
+    plan.output = output
+    for shard in shards:
+        try:
+            reader = open_shard(shard)
+        except InputError as exc:
+            if not tolerant:
+                raise
+            plan.failed_shards.append((shard, str(exc)))
+            continue
+        plan.shards.append(shard)
+        plan.readers.append(reader)
+    readers = plan.readers
 
     # The model first: a missing or broken model is the cheapest error to report.
     backend_cls = pick_backend(job.model, job.backend)
     plan.device = backend_cls.resolve_device(job.device)
     plan.threads = job.threads or cpu_count()
     plan.model_sha256 = file_sha256(job.model)
-    plan.backend = backend_cls(job.model, plan.device, threads=plan.threads)
+    plan.backend = backend_cls(job.model, plan.device, threads=plan.threads, options=job.backend_options())
     if job.device == "auto":
         log.info(f"device: {plan.device} ({plan.device.description})")
 
-    if not shards:
+    if not plan.shards:
+        if plan.failed_shards:
+            raise InputError(
+                f"every input shard failed ({len(plan.failed_shards)}); the first: {plan.failed_shards[0][1]}"
+            )
         return plan
-    plan.hive_types = _hive_types(shards)
-    schema, common = _unify(readers, plan.hive_types)
+    plan.hive_types = _hive_types(plan.shards)
+    schema, common = _unify(readers, plan.hive_types, plan if tolerant else None)
     if schema is None:
         raise InputError(
-            f"every input is empty and has no columns ({len(shards)} file(s)); nothing to score"
+            f"every input is empty and has no columns ({len(plan.shards)} file(s)); nothing to score"
         )
     plan.schema = schema
-    usable = pa.schema([schema.field(n) for n in common])
-    plan.features = plan_features(usable, plan.backend.inputs, job.features, job.keep)
+    plan.features = plan_features(schema, plan.backend.inputs, job.features, job.keep)
+    if job.keep is None:
+        plan.features.keep = [n for n in plan.features.keep if n in common]
     if job.features is None:
         log.info(f"features: {', '.join(plan.features.columns)} ({plan.features.chosen_by})")
-    dropped = [n for n in schema.names if n not in common]
+    dropped = [n for n in schema.names if n not in common and n not in plan.features.columns]
     if dropped and job.keep is None:
         plan.warnings.append(f"column(s) {', '.join(dropped)} are missing from some shards and are not kept")
-    where_cols: list[str] = []
     if job.where:
-        plan.where, where_cols = _where_expr(job.where, common)
-    needed = set(plan.features.columns) | set(plan.features.keep) | set(where_cols)
-    plan.stream_columns = [n for n in common if n in set(plan.features.columns) | set(plan.features.keep)]
+        plan.where, plan.where_columns = _where_expr(job.where, schema.names)
+    streamed = set(plan.features.columns) | set(plan.features.keep)
+    if job.on_error == "quarantine":
+        streamed |= set(common)  # quarantined rows keep all their original columns
+    plan.stream_columns = [n for n in schema.names if n in streamed]
+    needed = streamed | set(plan.where_columns)
     plan.read_columns = [n for n in schema.names if n in needed and n not in plan.hive_types]
-    for r in readers:
+    for i in reversed(range(len(plan.readers))):
+        r = plan.readers[i]
         if r.schema is None or r.num_rows == 0:
             continue
         missing = [c for c in plan.read_columns if c not in r.schema.names]
         if missing:
-            raise SchemaError(f"shard {r.shard.path} lacks column(s) {', '.join(missing)} that other shards have")
+            msg = (
+                f"shard {r.shard.path} lacks column(s) {', '.join(missing)} that other shards have "
+                "(schema drift): fix the file, or leave it out"
+            )
+            if not tolerant:
+                raise SchemaError(msg)
+            plan.failed_shards.append((r.shard, msg))
+            del plan.shards[i], plan.readers[i]
+    plan.failed_shards.sort(key=lambda f: f[0].index)
+    counts = [r.num_rows for r in plan.readers]
+    plan.rows_total = None if any(c is None for c in counts) else sum(counts)
 
     # Batch size: a fixed model batch wins; else the flag; else the backend's default.
     fixed = plan.features.fixed_batch

@@ -41,7 +41,7 @@ def setup_logging(log_format: str = "text", quiet: bool = False, stream: TextIO 
         handler.setFormatter(logging.Formatter("batchscore: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
 
 
 @dataclass
@@ -72,9 +72,15 @@ class RunSummary:
     shards_empty: int = 0
     shards_skipped: int = 0  # already committed by an earlier run (--resume)
     rows_in_dataset: int | None = None  # rows in the shards, before --where (when known)
-    rows_read: int = 0  # rows that reached the model (after --where)
+    # Accounting over committed shards: read = written + skipped + quarantined + filtered.
+    rows_read: int = 0
     rows_written: int = 0
+    rows_skipped: int = 0
+    rows_quarantined: int = 0
     rows_filtered: int | None = None
+    #: Shards left out because they failed (--on-error skip|quarantine): path and error.
+    shards_failed: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: str | None = None
     batches: int = 0
     started_at: float | None = None
     finished_at: float | None = None
@@ -128,6 +134,14 @@ class RunSummary:
         ]
         if self.rows_filtered:
             out.append(("rows filtered by --where", f"{self.rows_filtered:,}"))
+        if self.rows_skipped:
+            out.append(("rows skipped (bad)", f"{self.rows_skipped:,}"))
+        if self.rows_quarantined:
+            out.append(("rows quarantined", f"{self.rows_quarantined:,} -> {self.quarantine}"))
+        if self.shards_failed:
+            out.append(("shards failed", f"{len(self.shards_failed)} (see the report)"))
+        if self.shards_skipped:
+            out.append(("shards already committed", f"{self.shards_skipped} (skipped by --resume)"))
         out += [
             ("shards", f"{self.shards_done}/{self.shards_total}" + (f" ({self.shards_empty} empty)" if self.shards_empty else "")),
             ("wall time", f"{self.wall_seconds:.2f} s" if self.wall_seconds is not None else "-"),

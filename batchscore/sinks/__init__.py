@@ -84,6 +84,16 @@ class Sink(ABC):
     def abort(self) -> None:
         """Remove whatever was not committed."""
 
+    def abort_shard(self, shard: "Shard") -> None:
+        """Drop the uncommitted rows of a shard that failed part-way
+        (``--on-error skip|quarantine``); the run goes on with the next shard."""
+        from ..errors import InputError
+
+        raise InputError(
+            f"shard {shard.path} failed part-way and {self.describe()} cannot drop its rows: "
+            "fix or remove the shard"
+        )
+
     def describe(self) -> str:
         """The destination as it may be shown: in logs, the summary, errors (no password)."""
         return self.mask(self.dest)
@@ -120,7 +130,7 @@ def os_error(dest: str, exc: OSError) -> OutputError:
     why = exc.strerror or str(exc)
     where = exc.filename or dest
     err = OutputError(f"cannot write output {where}: {why}: choose another --output or fix its permissions")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
         from ..errors import ExitStatus
 
         err.exit_status = ExitStatus.USAGE  # a retry will not fix permissions

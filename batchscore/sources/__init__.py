@@ -29,6 +29,7 @@ EXTENSIONS = {
     ".jsonl": "ndjson",
     ".json": "ndjson",
     ".arrow": "ipc",
+    ".arrows": "ipc",
     ".ipc": "ipc",
     ".feather": "ipc",
 }
@@ -119,18 +120,19 @@ def discover(inputs: list[str], input_format: str = "auto", allow_empty: bool = 
             base = _glob_base(arg)
             matches = sorted(globmod.glob(arg, recursive=True))
             for match in matches:
+                # Named relative to the glob's fixed prefix: `d/*.parquet` gives file
+                # names, `d/day=*/*.parquet` keeps the day=.../ folders (and values).
                 if os.path.isdir(match):
                     for f in _walk(match):
                         fmt = format_of(f, input_format)
                         if fmt:
-                            rel = os.path.relpath(f, match)
-                            found.append((f, _output_name(os.path.basename(f)), fmt,
-                                          _partitions(os.path.relpath(os.path.dirname(f), base))))
+                            rel = os.path.relpath(f, base)
+                            found.append((f, _output_name(rel), fmt, _partitions(os.path.dirname(rel))))
                 elif os.path.isfile(match) and not _hidden(os.path.basename(match)):
                     fmt = format_of(match, input_format)
                     if fmt:
-                        found.append((match, _output_name(os.path.basename(match)), fmt,
-                                      _partitions(os.path.relpath(os.path.dirname(match), base))))
+                        rel = os.path.relpath(match, base)
+                        found.append((match, _output_name(rel), fmt, _partitions(os.path.dirname(rel))))
         elif os.path.isdir(arg):
             for f in _walk(arg):
                 fmt = format_of(f, input_format)
@@ -150,18 +152,11 @@ def discover(inputs: list[str], input_format: str = "auto", allow_empty: bool = 
             raise NoInputError(f"input {arg} does not exist: check the path")
     shards: list[Shard] = []
     seen: set[str] = set()
-    names: dict[str, str] = {}
     for path, out_name, fmt, parts in found:
         real = os.path.realpath(path)
         if real in seen:
             continue
         seen.add(real)
-        if out_name in names:
-            raise UsageError(
-                f"inputs {names[out_name]} and {path} would both be written to {out_name}: "
-                "pass their common parent directory instead, or write to a single .parquet file"
-            )
-        names[out_name] = path
         shards.append(Shard(path, out_name, fmt, parts, len(shards)))
     if not shards and not allow_empty:
         raise NoInputError(
@@ -175,6 +170,8 @@ class ShardReader:
 
     #: Readers whose schema and row count come cheaply from a footer.
     cheap_row_count = False
+    #: Whether --where can be pushed into a polars scan of this file.
+    pushdown = False
 
     def __init__(self, shard: Shard):
         self.shard = shard

@@ -18,11 +18,13 @@ class Reader(ShardReader):
                 reader = pa.ipc.open_file(source)
             except pa.ArrowInvalid:
                 self._stream = True
+                self.pushdown = False  # polars scans the file format only
                 source.seek(0)
                 self.schema = pa.ipc.open_stream(source).schema.remove_metadata()
                 self.num_rows = None
                 return
             self._stream = False
+            self.pushdown = True
             self.schema = reader.schema.remove_metadata()
             self.num_rows = sum(
                 reader.get_record_batch(i).num_rows for i in range(reader.num_record_batches)

@@ -16,6 +16,7 @@ WHOLE_ROW_GROUP_ROWS = 1 << 20
 
 class Reader(ShardReader):
     cheap_row_count = True
+    pushdown = True
 
     def _open(self) -> None:
         meta = pq.read_metadata(self.shard.path)

@@ -1,0 +1,226 @@
+"""SQLite output: ``--output sqlite:///relative.db --table NAME`` (or
+``sqlite:////absolute/path.db``, SQLAlchemy's spelling), through
+adbc-driver-sqlite. Types: integers and booleans INTEGER, floats REAL, strings
+and dates/timestamps TEXT (ISO 8601), bytes BLOB, lists JSON TEXT.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import (
+    BatchscoreError,
+    DataError,
+    ExitStatus,
+    LockedError,
+    MissingDependencyError,
+    OutputError,
+    OutputExistsError,
+    SchemaError,
+    UsageError,
+)
+from ..ledger import SqlLedger
+from .database import SEQ, UPSERT_TABLE, Column, DatabaseSink, TableName, json_text, quote, with_status
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///...`` URL (three slashes: relative, four: absolute)."""
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/"):
+        raise UsageError(
+            f"--output {url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = rest[1:]
+    if "?" in path:
+        raise UsageError(f"--output {url}: SQLite URL options (?...) are not supported; give just the file")
+    if path in ("", ":memory:"):
+        raise UsageError(
+            f"--output {url}: an in-memory database vanishes when the run ends; name a file, e.g. sqlite:///scores.db"
+        )
+    return path
+
+
+def _tz_text(arr: pa.Array) -> pa.Array:
+    return pc.strftime(arr.cast(pa.timestamp("us", "UTC")), format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def affinity(decl: str) -> str:
+    """SQLite's type affinity of a declared column type (its documented rules; NONE is BLOB by default)."""
+    d = decl.upper()
+    if "INT" in d:
+        return "INTEGER"
+    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
+        return "TEXT"
+    if not d:
+        return "NONE"  # no declared type: values are stored as given
+    if "BLOB" in d:
+        return "BLOB"
+    if "REAL" in d or "FLOA" in d or "DOUB" in d:
+        return "REAL"
+    return "NUMERIC"
+
+
+#: Output type (as created) → affinities of existing columns that take it unchanged.
+_TAKES = {
+    "INTEGER": ("INTEGER", "NUMERIC", "NONE"),
+    "REAL": ("REAL", "NUMERIC", "NONE"),
+    "TEXT": ("TEXT", "NONE"),
+    "BLOB": ("BLOB", "NONE"),
+}
+
+
+class Sink(DatabaseSink):
+    kind = "SQLite"
+    extra = "sqlite"
+
+    def __init__(self, dest: str, **kwargs: Any):
+        self.path = sqlite_path(dest)
+        super().__init__(dest, **kwargs)
+
+    def _normalise(self, t: TableName) -> TableName:
+        if t.schema not in (None, "main"):
+            raise UsageError(
+                f"--table {self.table}: SQLite has no schema {t.schema!r}; give a plain table name"
+            )
+        return TableName(None, t.name)
+
+    @property
+    def dest_key(self) -> str:
+        # SQLite matches table names without regard to ASCII case: "Preds" is "preds".
+        return self.target.name.translate(_ASCII_LOWER)
+
+    # -- connecting --------------------------------------------------------------------
+    def _connect(self) -> Any:
+        try:
+            import adbc_driver_sqlite.dbapi as dbapi
+        except ImportError:
+            raise MissingDependencyError.for_extra("the SQLite driver (adbc-driver-sqlite)", "sqlite") from None
+        if os.path.isdir(self.path):
+            raise UsageError(f"--output {self.dest}: {self.path} is a directory; name a database file")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise with_status(
+                OutputError(f"cannot create {parent} for {self.dest}: {exc.strerror}"), ExitStatus.USAGE
+            ) from None
+        conn = dbapi.connect(self.path)
+        cur = conn.cursor()
+        try:
+            # Wait for another writer's transaction rather than fail at once.
+            cur.execute("PRAGMA busy_timeout = 60000")
+        finally:
+            cur.close()
+        return conn
+
+    def _make_ledger(self) -> SqlLedger:
+        return SqlLedger(
+            self.conn.cursor, quote, None,
+            param=lambda i: "?",
+            ts=lambda i: "strftime('%Y-%m-%dT%H:%M:%fZ', ?, 'unixepoch')",
+            ts_type="TEXT",
+        )
+
+    def _ingest(self, cur: Any, t: TableName, data: Any, temporary: bool) -> None:
+        cur.adbc_ingest(t.name, data, mode="append", temporary=temporary)
+
+    # -- types and catalogue -------------------------------------------------------------
+    def _column(self, name: str, t: pa.DataType) -> Column:
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if pa.types.is_integer(t):
+            return Column(name, "INTEGER", pa.int64())
+        if pa.types.is_boolean(t):
+            return Column(name, "INTEGER", pa.bool_())
+        if pa.types.is_floating(t):
+            return Column(name, "REAL", pa.float64())
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return Column(name, "TEXT", pa.string())
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            return Column(name, "BLOB", pa.binary())
+        if pa.types.is_date(t):
+            return Column(name, "TEXT", pa.date32())
+        if pa.types.is_timestamp(t):
+            if t.tz is not None:
+                return Column(name, "TEXT", pa.string(), _tz_text)
+            return Column(name, "TEXT", t)
+        if pa.types.is_decimal(t) or pa.types.is_time(t):
+            return Column(name, "TEXT", pa.string())
+        if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+                or pa.types.is_struct(t) or pa.types.is_map(t)):
+            return Column(name, "TEXT", pa.string(), json_text)
+        raise SchemaError(
+            f"column {name} is {t}, which a SQLite output cannot store: leave it out (--keep) or cast it upstream"
+        )
+
+    def _table_columns(self, t: TableName) -> list[tuple[str, str]] | None:
+        rows = self._sql("SELECT name, type FROM pragma_table_info(?, 'main')", (t.name,))
+        return [(n, ty or "") for n, ty in rows] or None
+
+    def _existing(self, want: Column, have_sql: str) -> Column | None:
+        if affinity(have_sql) in _TAKES[want.sql]:
+            return Column(want.name, have_sql, want.arrow, want.convert)
+        return None
+
+    def _unique_keys(self, t: TableName) -> list[set[str]]:
+        keys = []
+        for name, unique, partial in self._sql(
+            'SELECT name, "unique", partial FROM pragma_index_list(?, \'main\')', (t.name,)
+        ):
+            if unique and not partial:
+                cols = self._sql("SELECT name FROM pragma_index_info(?, 'main')", (name,))
+                keys.append({c for (c,) in cols})
+        pk = self._sql("SELECT name, type FROM pragma_table_info(?, 'main') WHERE pk > 0", (t.name,))
+        if len(pk) == 1 and (pk[0][1] or "").upper() == "INTEGER":  # a rowid alias has no index
+            keys.append({pk[0][0]})
+        return keys
+
+    def _create_temp_upsert(self) -> list[str]:
+        return [
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(UPSERT_TABLE)} AS SELECT * FROM main.{self._into.sql()} WHERE 0",
+            f"ALTER TABLE temp.{quote(UPSERT_TABLE)} ADD COLUMN {quote(SEQ)} INTEGER",
+        ]
+
+    def _temp_upsert_sql(self) -> str:
+        return f"temp.{quote(UPSERT_TABLE)}"
+
+    def _merge_sql(self, into: TableName, source: str, *, ordered: bool) -> str:
+        cols = [quote(c.name) for c in self.columns]
+        keys = [quote(k) for k in self.upsert_key]
+        sets = [f"{c} = excluded.{c}" for c in cols if c not in keys]
+        action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+        order = f" ORDER BY {quote(SEQ)}" if ordered else ""
+        # "WHERE true" keeps SQLite from reading ON CONFLICT as a join's ON.
+        return (f"INSERT INTO {into.sql()} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {source} "
+                f"WHERE true{order} ON CONFLICT ({', '.join(keys)}) {action}")
+
+    # -- errors --------------------------------------------------------------------------
+    def _translate(self, exc: Exception) -> BatchscoreError:
+        msg = " ".join(str(exc).split())
+        detail = msg.split("] ", 1)[-1] if "[SQLite]" in msg else msg
+        low = msg.lower()
+        if "database is locked" in low or "database table is locked" in low:
+            return LockedError(
+                f"{self.path} is locked by another writer (waited 60 s): retry when it is done"
+            )
+        if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
+            return with_status(
+                OutputError(f"permission denied writing {self.path}: {detail}: fix its permissions or choose another --output"),
+                ExitStatus.USAGE,
+            )
+        if "not a database" in low:
+            return with_status(
+                OutputError(f"{self.path} is not a SQLite database: choose another --output"), ExitStatus.USAGE
+            )
+        if "constraint" in low:
+            return DataError(f"{self.where}: {detail}")
+        if "already exists" in low:
+            return OutputExistsError(f"{self.where}: {detail}")
+        return OutputError(f"SQLite error writing {self.where}: {detail}")
