@@ -29,6 +29,7 @@ from .outputs import to_arrow
 from .plan import Plan
 from .report import NullProgress, RunSummary
 from .sinks import Sink
+from .sources import BAD_ROW_COLUMN
 
 _DONE = object()
 #: Rows per decoded read batch when the model batch is small.
@@ -177,6 +178,9 @@ def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int, columns: list[st
                     ) from None
         arrays.append(arr)
         names.append(name)
+    if batch.schema.get_field_index(BAD_ROW_COLUMN) >= 0:  # unparsable cells ride along
+        arrays.append(batch.column(BAD_ROW_COLUMN))
+        names.append(BAD_ROW_COLUMN)
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
@@ -225,12 +229,14 @@ def _shard_batches(plan: Plan, idx: int, read_batch: int, stats: ShardStats) -> 
             return
         # Formats without statistics: read every row, filter in memory (and count).
         wanted = list(dict.fromkeys(plan.stream_columns + plan.where_columns))
+        # Rows whose cells did not parse are not filtered by --where: they are bad rows.
         for batch in reader.iter_batches(plan.read_columns, read_batch, schema=plan.schema):
             stats.read += batch.num_rows
             full = _conform(batch, plan, idx, wanted)
             df = pl.SQLContext(frames={"t": pl.from_arrow(full)}).execute(_where_sql(plan), eager=True)
             stats.filtered += batch.num_rows - df.height
-            for out in df.select(plan.stream_columns).to_arrow().to_batches():
+            cols = plan.stream_columns + ([BAD_ROW_COLUMN] if BAD_ROW_COLUMN in df.columns else [])
+            for out in df.select(cols).to_arrow().to_batches():
                 yield _conform(out, plan, idx)
     except BatchscoreError:
         raise
@@ -248,6 +254,17 @@ def _with_reason(batch: pa.RecordBatch, idx: np.ndarray, reasons: np.ndarray, sh
     return rows.append_column("reason", pa.array(list(reasons), pa.string())).append_column(
         "shard", pa.repeat(pa.scalar(shard_path), len(idx))
     )
+
+
+def _merge_bad(bad, unparsed: pa.Array):
+    """Combine find_bad_rows' result with the reader's unparsable-cell reasons."""
+    reasons = np.asarray(unparsed.to_numpy(zero_copy_only=False), dtype=object)
+    if bad is not None:
+        rows, why = bad
+        keep = np.array([reasons[r] is None for r in rows], dtype=bool)
+        reasons[rows[keep]] = why[keep]
+    idx = np.flatnonzero(np.array([r is not None for r in reasons], dtype=bool))
+    return idx, reasons[idx]
 
 
 def _drop_rows(batch: pa.RecordBatch, idx: np.ndarray) -> pa.RecordBatch:
@@ -318,12 +335,19 @@ def run_pipeline(
         for idx in range(len(plan.shards)):
             shard = plan.shards[idx]
             st = stats[idx]
+            plan.readers[idx].lenient = on_error != "fail"
             try:
                 for batch in _shard_batches(plan, idx, read_batch, st):
                     if stop.is_set():
                         return
                     live["read"] = sum(x.read for x in stats)
+                    unparsed = None
+                    if batch.schema.get_field_index(BAD_ROW_COLUMN) >= 0:
+                        unparsed = batch.column(BAD_ROW_COLUMN)
+                        batch = batch.drop_columns([BAD_ROW_COLUMN])
                     bad = find_bad_rows(plan.features, batch, job.allow_nan)
+                    if unparsed is not None and unparsed.null_count < len(unparsed):
+                        bad = _merge_bad(bad, unparsed)
                     if bad is not None:
                         rows, reasons = bad
                         if on_error == "fail":

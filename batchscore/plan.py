@@ -252,7 +252,7 @@ def make_plan(job: Job) -> Plan:
     plan.output = output
     for shard in shards:
         try:
-            reader = open_shard(shard)
+            reader = open_shard(shard, lenient=tolerant)
         except InputError as exc:
             if not tolerant:
                 raise
@@ -283,6 +283,8 @@ def make_plan(job: Job) -> Plan:
         raise InputError(
             f"every input is empty and has no columns ({len(plan.shards)} file(s)); nothing to score"
         )
+    if tolerant and job.features is not None:
+        schema = _numeric_text_features(schema, plan, job.features)
     plan.schema = schema
     plan.features = plan_features(schema, plan.backend.inputs, job.features, job.keep)
     if job.keep is None:
@@ -368,3 +370,23 @@ def _job_key(plan: Plan) -> str:
         "output_schema": [f"{f.name}:{f.type}" for f in plan.output_schema],
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _numeric_text_features(schema: pa.Schema, plan: Plan, features: list[str]) -> pa.Schema:
+    """With --on-error skip|quarantine, a CSV/NDJSON feature column that type
+    inference read as text (because of bad cells) is parsed as the model's
+    number type, so the bad cells become bad rows."""
+    from .features import expand_patterns
+
+    text_only = all(s.format in ("csv", "ndjson") for s in plan.shards)
+    if not text_only or len(plan.backend.inputs) != 1:
+        return schema
+    target = plan.backend.inputs[0].dtype
+    if target not in ("float16", "float32", "float64", "int32", "int64"):
+        return schema
+    cols = set(expand_patterns(features, schema.names, "--features"))
+    fields = [
+        pa.field(f.name, pa.from_numpy_dtype(np.dtype(target)) if f.name in cols and pa.types.is_string(f.type) else f.type)
+        for f in schema
+    ]
+    return pa.schema(fields)

@@ -35,6 +35,8 @@ EXTENSIONS = {
 }
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 _GLOB_CHARS = set("*?[")
+#: A reader in lenient mode adds this column: why a row's cells did not parse (null: fine).
+BAD_ROW_COLUMN = "__batchscore_bad_row__"
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,12 @@ class ShardReader:
     cheap_row_count = False
     #: Whether --where can be pushed into a polars scan of this file.
     pushdown = False
+    #: Text formats: cells that do not parse become bad rows (BAD_ROW_COLUMN), not a failed shard.
+    lenient = False
 
-    def __init__(self, shard: Shard):
+    def __init__(self, shard: Shard, lenient: bool = False):
         self.shard = shard
+        self.lenient = lenient
         self.schema: pa.Schema | None = None  # None: an empty file with no columns
         self.num_rows: int | None = None
         self._guard(self._open)
@@ -226,10 +231,10 @@ class ShardReader:
 _FORMATS = {"parquet": "parquet", "csv": "csv", "ndjson": "ndjson", "ipc": "ipc"}
 
 
-def open_shard(shard: Shard) -> ShardReader:
-    """Open a shard with the reader for its format."""
+def open_shard(shard: Shard, lenient: bool = False) -> ShardReader:
+    """Open a shard with the reader for its format (``lenient``: bad cells make bad rows)."""
     module = importlib.import_module(f".{_FORMATS[shard.format]}", __name__)
-    return module.Reader(shard)
+    return module.Reader(shard, lenient)
 
 
 def shard_key(shard: Shard) -> str:
@@ -249,3 +254,46 @@ def shard_key(shard: Shard) -> str:
                 fh.seek(-8 - footer_len, os.SEEK_END)
                 h.update(fh.read(footer_len))
     return h.hexdigest()
+
+
+def parse_text_columns(batch: "pa.RecordBatch", schema: "pa.Schema | None") -> "pa.RecordBatch":
+    """Cast text columns of ``batch`` to the dataset's numeric and boolean types,
+    cell by cell: a cell that does not parse makes its row bad (a reason in
+    BAD_ROW_COLUMN) instead of failing the whole shard."""
+    import numpy as np
+    import pyarrow as pa
+
+    if schema is None:
+        return batch
+    arrays, reasons = [], None
+    for name, col in zip(batch.schema.names, batch.columns):
+        i = schema.get_field_index(name)
+        target = schema.field(i).type if i >= 0 else None
+        if target is None or not pa.types.is_string(col.type) or not (
+            pa.types.is_integer(target) or pa.types.is_floating(target) or pa.types.is_boolean(target)
+            or pa.types.is_decimal(target)
+        ):
+            arrays.append(col)
+            continue
+        try:
+            arrays.append(col.cast(target))
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        import polars as pl
+
+        dtype = pl.from_arrow(pa.array([], target)).dtype
+        parsed = pl.from_arrow(col).str.strip_chars().cast(dtype, strict=False).to_arrow().cast(target)
+        bad = np.logical_and(col.is_valid().to_numpy(zero_copy_only=False),
+                             parsed.is_null().to_numpy(zero_copy_only=False))
+        if bad.any():
+            if reasons is None:
+                reasons = np.full(batch.num_rows, None, dtype=object)
+            values = col.to_numpy(zero_copy_only=False)
+            for r in np.flatnonzero(bad & (reasons == None)):  # noqa: E711 - numpy elementwise
+                reasons[r] = f"cannot parse {values[r]!r} as {target} in column {name!r}"
+        arrays.append(parsed)
+    out = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+    if reasons is not None:
+        out = out.append_column(BAD_ROW_COLUMN, pa.array(list(reasons), pa.string()))
+    return out

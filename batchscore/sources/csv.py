@@ -8,7 +8,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from . import ShardReader, _strip_compression
+from . import ShardReader, _strip_compression, parse_text_columns
 
 BLOCK_SIZE = 4 << 20
 
@@ -23,7 +23,8 @@ class Reader(ShardReader):
             read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
             parse_options=pacsv.ParseOptions(delimiter=self._delimiter()),
             convert_options=pacsv.ConvertOptions(
-                column_types=column_types or {}, include_columns=include_columns or []
+                column_types=column_types or {}, include_columns=include_columns or [],
+                strings_can_be_null=self.lenient,
             ),
         )
 
@@ -44,9 +45,12 @@ class Reader(ShardReader):
         if schema is not None:
             # Parse straight into the dataset's types, so shards agree.
             types = {n: schema.field(n).type for n in columns if schema.get_field_index(n) >= 0}
+            if self.lenient:  # numbers as text first: a bad cell is a bad row, not a bad shard
+                types = {n: (pa.string() if _numeric(t) else t) for n, t in types.items()}
         reader = self._reader(types, columns)
         try:
-            yield from reader
+            for batch in reader:
+                yield parse_text_columns(batch, schema) if self.lenient else batch
         finally:
             reader.close()
 
@@ -54,3 +58,7 @@ class Reader(ShardReader):
         import polars as pl
 
         return pl.scan_csv(self.shard.path, separator=self._delimiter(), try_parse_dates=True)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
