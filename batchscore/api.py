@@ -59,7 +59,7 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
 
     ``console`` prints the summary as a rich table (a terminal) instead of log lines.
     """
-    if not job.quiet and not log.handlers:
+    if not log.handlers:
         setup_logging(job.log_format, job.quiet)
     summary = RunSummary(run_id=job.run_id or "", batchscore_version=__version__)
     summary.started_at = time.time()
@@ -207,7 +207,18 @@ def _make_sink(dest: str, plan, schema, table: str | None):
 def _quarantine_dest(job: Job, dest: str) -> tuple[str, str | None]:
     """--quarantine, or beside the output: <OUT>.quarantine/ or the table <table>_quarantine."""
     if job.quarantine:
-        return job.quarantine, (f"{job.table}_quarantine" if job.table and "://" in job.quarantine else job.table)
+        if "://" in job.quarantine and not job.quarantine.startswith("file://"):
+            return job.quarantine, (f"{job.table}_quarantine" if job.table else "batchscore_quarantine")
+        if "://" not in dest:
+            out = os.path.realpath(dest)
+            q = os.path.realpath(job.quarantine)
+            if q == out or q.startswith(out.rstrip(os.sep) + os.sep):
+                from .errors import UsageError
+
+                raise UsageError(
+                    f"--quarantine {job.quarantine} is inside --output {dest}: bad rows must go beside the output, not into it"
+                )
+        return job.quarantine, None
     if "://" in dest and not dest.startswith("file://"):
         return dest, f"{job.table}_quarantine"
     base = dest[len("file://"):] if dest.startswith("file://") else dest

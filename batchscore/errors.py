@@ -41,8 +41,9 @@ class BatchscoreError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __str__(self) -> str:  # one line, always
-        return " ".join(self.message.split("\n"))
+    def __str__(self) -> str:  # one line of printable text, always
+        text = " ".join(self.message.split())
+        return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 class UsageError(BatchscoreError):

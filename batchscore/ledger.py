@@ -285,6 +285,12 @@ class SqlLedger:
                 self._run(f"DELETE FROM {self.name(table)} WHERE dest = {p(1)} AND run_id <> {p(2)}",
                           (dest, except_run))
 
+    def forget_run(self, dest: str, run_id: str) -> None:
+        """Delete one run's records (it was abandoned before committing anything)."""
+        p = self._param
+        for table in (SHARDS, RUNS):
+            self._run(f"DELETE FROM {self.name(table)} WHERE dest = {p(1)} AND run_id = {p(2)}", (dest, run_id))
+
     def record_shard(self, dest: str, rec: ShardRecord) -> bool:
         """Record a committed shard; False when this run already has it (another writer won)."""
         p = self._param

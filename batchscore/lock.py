@@ -71,6 +71,8 @@ def _age(path: str) -> float:
 
 
 def describe_holder(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "a run that is writing its lock file right now"
     started = holder.get("started_at")
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if started else "?"
     return f"host {holder.get('host')}, pid {holder.get('pid')}, run {holder.get('run_id')}, started {when}"
@@ -162,7 +164,13 @@ def read_lock(path: str) -> dict[str, Any] | None:
 
 def unlock(output: str) -> str:
     """Remove the lock on an output; returns what was removed, for the user."""
+    from .sinks import describe
+
     path = lock_path(output)
+    try:
+        output = describe(output)  # never show a password
+    except Exception:  # noqa: BLE001 - an unknown scheme: show it as given
+        pass
     if path is None:
         raise UsageError(f"{output} is not locked with a lock file; nothing to unlock")
     try:

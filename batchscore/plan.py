@@ -173,6 +173,16 @@ def _unify(readers: list[ShardReader], hive: dict[str, pa.DataType], tolerant: "
                 continue
             if pa.types.is_null(f.type) or f.type == fields[f.name].type:
                 continue
+            # Text formats infer types per file: a column read as text in one CSV/NDJSON
+            # file (because of a bad cell) takes the other files' type, and the bad
+            # cell is reported where it is (a row error, or the file and line).
+            text_here = r.shard.format in ("csv", "ndjson") and pa.types.is_string(f.type)
+            text_before = pa.types.is_string(fields[f.name].type) and where_from[f.name] in _text_paths(with_schema)
+            if text_here:
+                continue
+            if text_before:
+                fields[f.name], where_from[f.name] = f, r.shard.path
+                continue
             try:
                 merged = pa.unify_schemas(
                     [pa.schema([fields[f.name]]), pa.schema([f])], promote_options="permissive"
@@ -190,6 +200,10 @@ def _unify(readers: list[ShardReader], hive: dict[str, pa.DataType], tolerant: "
     nonempty = [r for r in with_schema if r.num_rows != 0] or with_schema
     common = [n for n in fields if n in hive or all(n in r.schema.names for r in nonempty)]
     return pa.schema(list(fields.values())), common
+
+
+def _text_paths(readers: list[ShardReader]) -> set[str]:
+    return {r.shard.path for r in readers if r.shard.format in ("csv", "ndjson")}
 
 
 def _where_expr(where: str, names: list[str]):

@@ -214,16 +214,16 @@ def test_a_model_error_mid_run_is_reported_and_publishes_nothing(cli, data, mode
 
 def test_disk_full_while_writing_exits_1(cli, data, model, monkeypatch):
     folder, _ = data.shards("in", [4, 4])
-    original = pq.ParquetWriter.write_batch
+    original = pq.ParquetWriter.write_table  # the sink writes buffered row groups with write_table
     calls = {"n": 0}
 
-    def write_batch(self, *args, **kwargs):
+    def write_table(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(pq.ParquetWriter, "write_batch", write_batch)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table)
     assert cli.fails(folder, "--model", model, "--output", "out", "--batch-size", "4", code=1) == (
         "cannot write output out: No space left on device: choose another --output or fix its permissions"
     )

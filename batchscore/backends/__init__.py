@@ -18,7 +18,12 @@ from typing import Any, ClassVar
 from ..errors import ModelError, UsageError
 
 ENTRY_POINT_GROUP = "batchscore.backends.v1"
-_BUILTIN = {"onnx": "batchscore.backends.onnx:OnnxBackend"}
+_BUILTIN = {
+    "onnx": "batchscore.backends.onnx:OnnxBackend",
+    "torch": "batchscore.backends.torch:TorchBackend",
+    "jax": "batchscore.backends.jax:JaxBackend",
+    "sklearn": "batchscore.backends.sklearn:SklearnBackend",
+}
 
 
 @dataclass(frozen=True)

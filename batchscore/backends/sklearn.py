@@ -78,6 +78,9 @@ class SklearnBackend(Backend):
 
     def __init__(self, model_path: str, device: Device, *, threads: int, options: dict[str, Any] | None = None):
         super().__init__(model_path, device, threads=threads, options=options)
+        precision = self.options.get("precision")
+        if precision not in (None, "fp32"):
+            raise UsageError(f"--precision {precision}: the sklearn backend computes in the model's own precision")
         self.model = load_pickle(model_path, bool(self.options.get("trust_model")))
         if not hasattr(self.model, "predict"):
             raise ModelError(f"model {model_path} holds a {type(self.model).__name__}, which has no predict method")

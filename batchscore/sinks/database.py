@@ -295,6 +295,9 @@ class DatabaseSink(Sink):
         self._stream: _Ingest | None = None
         self._ingest_schema: pa.Schema | None = None
         self._seq = 0
+        #: A table this run created at open; dropped again by abort() when no shard committed.
+        self._created: TableName | None = None
+        self._commits = 0
 
     # -- dialect hooks ------------------------------------------------------------------
     @abstractmethod
@@ -341,15 +344,13 @@ class DatabaseSink(Sink):
     def _check_schema_exists(self) -> None:
         """Fail early when --table names a schema that does not exist."""
 
+    @abstractmethod
     def _create_temp_upsert(self) -> list[str]:
-        """SQL creating the temporary table upserts go through."""
-        return [
-            f"CREATE TEMPORARY TABLE {quote(UPSERT_TABLE)} AS SELECT * FROM {self._into.sql()} WHERE 1 = 0",
-            f"ALTER TABLE {quote(UPSERT_TABLE)} ADD COLUMN {quote(SEQ)} BIGINT",
-        ]
+        """SQL creating the temporary table (like the target, plus a sequence column) upserts go through."""
 
+    @abstractmethod
     def _temp_upsert_sql(self) -> str:
-        return quote(UPSERT_TABLE)
+        """That temporary table, as SQL."""
 
     @abstractmethod
     def _merge_sql(self, into: TableName, source: str, *, ordered: bool) -> str:
@@ -526,6 +527,7 @@ class DatabaseSink(Sink):
             self._plan_columns(target_cols, self.target)
             if target_cols is None:
                 self._create(self.target)
+                self._created = self.target
             self._check_upsert(self.target)
         else:
             if self._table_columns(stage) is not None:
@@ -537,6 +539,7 @@ class DatabaseSink(Sink):
             else:
                 self._plan_columns(None, stage)
             self._create(stage)
+            self._created = stage
         led.start_run(dest, self._run, __version__)
 
     def _continue_run(self, run: RunRecord, target_cols, stage, dest) -> None:
@@ -629,6 +632,7 @@ class DatabaseSink(Sink):
             else:
                 crash_point("before-commit")
                 self.conn.commit()
+                self._commits += 1
                 crash_point("after-commit")
         self._current = None
 
@@ -691,6 +695,11 @@ class DatabaseSink(Sink):
         if self.conn is not None:
             try:
                 self.conn.rollback()
+                if self._created is not None and self._commits == 0:
+                    # Nothing committed: leave the destination as it was, not an empty table.
+                    self._sql(f"DROP TABLE {self._created.sql()}")
+                    self.ledger.forget_run(self.dest_key, self._run.run_id)
+                    self.conn.commit()
             except Exception:  # noqa: BLE001 - cleaning up after a failure
                 pass
         self._disconnect()

@@ -35,6 +35,9 @@ from . import crash_point, os_error
 if TYPE_CHECKING:
     from ..sources import Shard
 
+#: A row group is written once this many rows (or bytes) are buffered.
+ROW_GROUP_ROWS = 131_072
+ROW_GROUP_BYTES = 64 << 20
 MANIFEST = "_batchscore_manifest.json"
 MANIFEST_VERSION = 1  # runs and per-shard keys were added compatibly
 SUCCESS = "_SUCCESS"
@@ -134,6 +137,8 @@ class Sink(BaseSink):
         self._tmp: str | None = None
         self._current: "Shard | None" = None
         self._single_shards: set = set()  # shards with rows in a single-file output
+        self._buf: list[pa.RecordBatch] = []
+        self._buf_rows = self._buf_bytes = 0
         self._started = 0.0
         self._manifest: dict[str, Any] = {}
         self._run: RunRecord | None = None
@@ -154,6 +159,12 @@ class Sink(BaseSink):
             self._drop = [c for c in self.partition_columns if c in schema.names]
             schema = pa.schema([f for f in schema if f.name not in self._drop])
         self._schema = schema.with_metadata({b"batchscore": json.dumps(self.metadata).encode()})
+        # Dictionary encoding pays for repeated values (strings, categories), not for
+        # float predictions or unique ids, where trying it first only costs time.
+        self._dictionary = [
+            f.name for f in schema
+            if not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_fixed_size_list(f.type))
+        ]
 
     # -- lifecycle ---------------------------------------------------------
     def open(self, shards: list["Shard"]) -> set[str]:
@@ -235,7 +246,7 @@ class Sink(BaseSink):
         parent = os.path.dirname(os.path.abspath(self.dest))
         os.makedirs(parent, exist_ok=True)
         self._tmp = os.path.join(parent, f".{os.path.basename(self.dest)}.tmp-{self.run_id}")
-        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=self.compression)
+        self._writer = self._new_writer(self._tmp)
 
     @staticmethod
     def _clear(path: str) -> None:
@@ -339,8 +350,11 @@ class Sink(BaseSink):
         folder = os.path.dirname(final)
         os.makedirs(folder, exist_ok=True)
         self._tmp = os.path.join(folder, f".{os.path.basename(final)}.tmp-{self.run_id}")
-        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=self.compression)
+        self._writer = self._new_writer(self._tmp)
         self._current, self._started = shard, time.time()
+
+    def _new_writer(self, path: str) -> pq.ParquetWriter:
+        return pq.ParquetWriter(path, self._schema, compression=self.compression, use_dictionary=self._dictionary)
 
     def write(self, shard: "Shard", batch: pa.RecordBatch) -> None:
         try:
@@ -350,9 +364,21 @@ class Sink(BaseSink):
                 batch = batch.drop_columns(self._drop)
             if self.single and batch.num_rows:
                 self._single_shards.add(shard)
-            self._writer.write_batch(batch)
+            if batch.num_rows:
+                self._buf.append(batch)
+                self._buf_rows += batch.num_rows
+                self._buf_bytes += batch.nbytes
+                if self._buf_rows >= ROW_GROUP_ROWS or self._buf_bytes >= ROW_GROUP_BYTES:
+                    self._flush()
         except OSError as exc:
             raise os_error(self.dest, exc) from None
+
+    def _flush(self) -> None:
+        """Write the buffered batches as one row group (model batches are often
+        small; readers prefer row groups of ~100k rows)."""
+        if self._buf:
+            self._writer.write_table(pa.Table.from_batches(self._buf), row_group_size=self._buf_rows)
+        self._buf, self._buf_rows, self._buf_bytes = [], 0, 0
 
     def commit_shard(self, shard: "Shard", rows: int) -> None:
         if self.single:
@@ -361,6 +387,7 @@ class Sink(BaseSink):
             if self._current is not shard:
                 self._start_shard(shard)  # an empty shard still gets its (empty) file
             file = self._file_for(shard)
+            self._flush()
             self._writer.close()
             self._writer = None
             with open(self._tmp, "rb+") as fh:
@@ -384,6 +411,7 @@ class Sink(BaseSink):
     def close(self) -> None:
         try:
             if self.single:
+                self._flush()
                 self._writer.close()
                 self._writer = None
                 os.replace(self._tmp, self.dest)
@@ -430,6 +458,7 @@ class Sink(BaseSink):
                 )
             return
         if self._current is shard:
+            self._buf, self._buf_rows, self._buf_bytes = [], 0, 0
             try:
                 self._writer.close()
             except Exception:  # noqa: BLE001 - the rows are being dropped anyway
@@ -440,6 +469,7 @@ class Sink(BaseSink):
             self._tmp, self._current = None, None
 
     def abort(self) -> None:
+        self._buf, self._buf_rows, self._buf_bytes = [], 0, 0
         if self._writer is not None:
             try:
                 self._writer.close()

@@ -27,6 +27,9 @@ from ..ledger import SqlLedger
 from .database import SEQ, UPSERT_TABLE, Column, DatabaseSink, TableName, json_text, quote, with_status
 
 
+#: SQLite files this process is writing (real path → table): SQLite takes one writer at a time,
+#: so a second sink on the same file would wait on the first one's transaction forever.
+_WRITING: dict[str, str] = {}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -111,7 +114,17 @@ class Sink(DatabaseSink):
             raise with_status(
                 OutputError(f"cannot create {parent} for {self.dest}: {exc.strerror}"), ExitStatus.USAGE
             ) from None
+        key = os.path.realpath(self.path)
+        if key in _WRITING:
+            stem = self.path[:-3] if self.path.endswith(".db") else self.path
+            raise UsageError(
+                f"{self.dest} is already being written by this run (table {_WRITING[key]}), and SQLite takes one "
+                f"writer at a time: write table {self.target} to another file (e.g. --quarantine "
+                f"sqlite:///{stem}-quarantine.db)"
+            )
         conn = dbapi.connect(self.path)
+        _WRITING[key] = str(self.target)
+        self._writing = key
         cur = conn.cursor()
         try:
             # Wait for another writer's transaction rather than fail at once.
@@ -119,6 +132,13 @@ class Sink(DatabaseSink):
         finally:
             cur.close()
         return conn
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        key = getattr(self, "_writing", None)
+        if key is not None:
+            _WRITING.pop(key, None)
+            self._writing = None
 
     def _make_ledger(self) -> SqlLedger:
         return SqlLedger(

@@ -11,6 +11,9 @@ import pyarrow.csv as pacsv
 from . import ShardReader, _strip_compression, parse_text_columns
 
 BLOCK_SIZE = 4 << 20
+#: pyarrow's default null spellings minus the NaN ones: `nan` in a CSV is NaN (a
+#: value --allow-nan lets through), not a missing value.
+NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "N/A", "NA", "NULL", "n/a", "null"]
 
 
 class Reader(ShardReader):
@@ -24,7 +27,7 @@ class Reader(ShardReader):
             parse_options=pacsv.ParseOptions(delimiter=self._delimiter()),
             convert_options=pacsv.ConvertOptions(
                 column_types=column_types or {}, include_columns=include_columns or [],
-                strings_can_be_null=self.lenient,
+                strings_can_be_null=self.lenient, null_values=NULL_VALUES,
             ),
         )
 

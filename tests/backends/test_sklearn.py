@@ -137,3 +137,12 @@ def test_device_gpu_is_refused_for_sklearn(classifier):
 
     with pytest.raises(DeviceError, match=r"^--device gpu: the sklearn backend cannot run on a GPU; use --device cpu or auto$"):
         SklearnBackend.resolve_device("gpu")
+
+
+def test_precision_is_refused(classifier):
+    from batchscore.backends import Device
+    from batchscore.errors import UsageError
+
+    _, path = classifier
+    with pytest.raises(UsageError, match=r"^--precision fp16: the sklearn backend computes in the model's own precision$"):
+        SklearnBackend(path, Device("cpu"), threads=1, options={"precision": "fp16", "trust_model": True})

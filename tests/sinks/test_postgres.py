@@ -222,14 +222,15 @@ def test_authentication_failure(cli, scored, postgres, pg_db):
     assert "wrong-pw" not in msg
 
 
-def test_server_unreachable(cli, scored, postgres):
+def test_server_unreachable(cli, scored):
     folder, _, model = scored
-    url = f"postgresql://bob:hunter2@127.0.0.1:{pg._free_port()}/db"
-    msg = cli.fails(folder, "--model", model, "--output", url, "--table", "t", code=1)
-    assert msg.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{msg.split('127.0.0.1:')[1].split(':')[0]}: ")
-    assert "Connection refused" in msg and "hunter2" not in msg
-    assert msg.endswith("(is the server running and reachable? --output postgresql://bob:***@127.0.0.1:"
-                        + msg.rsplit("127.0.0.1:", 1)[1])
+    port = pg._free_port()  # nothing listens there
+    msg = cli.fails(folder, "--model", model, "--output", f"postgresql://bob:hunter2@127.0.0.1:{port}/db",
+                    "--table", "t", code=1)
+    assert msg == (
+        f"cannot connect to PostgreSQL at 127.0.0.1:{port}: Connection refused (is the server running and "
+        f"reachable? --output postgresql://bob:***@127.0.0.1:{port}/db)"
+    )
 
 
 def test_missing_database(cli, scored, postgres):

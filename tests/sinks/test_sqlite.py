@@ -318,3 +318,38 @@ def test_a_read_only_database_is_a_usage_error(cli, scored):
     os.chmod("ro.db", 0o444)
     msg = cli.fails(folder, "--model", model, "--output", "sqlite:///ro.db", "--table", "t", code=2)
     assert msg.startswith("permission denied writing ro.db: ")
+
+
+def _with_a_null_feature(data) -> str:
+    t = Data.table(6)
+    f0 = t.column("f0").to_pylist()
+    f0[2] = None
+    data.write("bad/part-000.parquet", t.set_column(t.schema.get_field_index("f0"), "f0", pa.array(f0)))
+    data.write("bad/part-001.parquet", Data.table(4, 6))
+    return str(data.root / "bad")
+
+
+def test_a_run_that_fails_before_any_commit_leaves_no_table(cli, data, model):
+    folder = _with_a_null_feature(data)
+    cli.fails(folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds", code=2)
+    assert rows("s.db", "SELECT count(*) FROM sqlite_master WHERE name = 'preds'") == [(0,)]
+    assert rows("s.db", "SELECT count(*) FROM batchscore_runs") == [(0,)]
+    # So a plain rerun (here skipping the bad row) is not refused by --if-exists fail.
+    res = cli("run", folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds", "--on-error", "skip", "-q")
+    assert res.exit_code == 3, res.stderr
+    assert rows("s.db", "SELECT count(*) FROM preds") == [(9,)]
+
+
+def test_quarantine_goes_to_another_sqlite_file(cli, data, model):
+    folder = _with_a_null_feature(data)
+    msg = cli.fails(folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds",
+                    "--on-error", "quarantine", code=2)
+    assert msg == (
+        "sqlite:///s.db is already being written by this run (table preds), and SQLite takes one writer at a "
+        "time: write table preds_quarantine to another file (e.g. --quarantine sqlite:///s-quarantine.db)"
+    )
+    res = cli("run", folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds",
+              "--on-error", "quarantine", "--quarantine", "sqlite:///s-quarantine.db", "-q")
+    assert res.exit_code == 3, res.stderr
+    assert rows("s.db", "SELECT count(*) FROM preds") == [(9,)]
+    assert rows("s-quarantine.db", "SELECT id FROM preds_quarantine") == [(2,)]

@@ -1,0 +1,318 @@
+"""One run at a time per output: the lock file beside the output (issue 5).
+
+A second run on a locked output exits 4 at once, naming the holder (host,
+pid, run, start time); a lock left by a run killed with SIGKILL is taken over
+(with a warning); ``batchscore unlock OUTPUT`` clears one by hand; --no-lock
+skips the lock. The first run of each race is a real ``python -m batchscore``
+subprocess, slowed by --batch-size 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import batchscore
+from batchscore.lock import _proc_start, lock_path
+from tests.helpers import output_files, read_output
+
+HOST = socket.gethostname()
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    """``python -m batchscore run ARGS --quiet`` in the background (stderr kept)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchscore", "run", *map(str, args), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(what, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    """Poll ``what()`` until true; fails if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) first: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def committed(out: str) -> int:
+    """Shards the output's manifest lists as committed (0 when there is none yet)."""
+    try:
+        return len(json.load(open(os.path.join(out, "_batchscore_manifest.json")))["shards"])
+    except (OSError, ValueError):
+        return 0
+
+
+def started(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def holder_text(holder: dict) -> str:
+    return f"host {holder['host']}, pid {holder['pid']}, run {holder['run_id']}, started {started(holder['started_at'])}"
+
+
+def write_lock(output: str, **fields) -> dict:
+    holder = {"host": HOST, "pid": os.getpid(), "proc_start": _proc_start(os.getpid()), "run_id": "other-run",
+              "started_at": 1_796_000_000.0, "output": output}
+    holder.update(fields)
+    with open(lock_path(output), "w") as fh:
+        json.dump(holder, fh)
+    return holder
+
+
+@pytest.fixture
+def slow(data, model):
+    """8 shards of 300 rows and the model: a few seconds at --batch-size 1."""
+    folder, table = data.shards("in", [300] * 8)
+    return folder, table, model
+
+
+@pytest.fixture
+def sleeper():
+    """A live process that is not batchscore: a lock holder that never lets go."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def locked_message(output: str, holder: dict) -> str:
+    return (
+        f"output {output} is locked by another run ({holder_text(holder)}): wait for it, "
+        f"or if that run is gone, run: batchscore unlock {output}"
+    )
+
+
+# -- a second run while the first is running --------------------------------------------------------
+def test_a_second_run_exits_4_naming_the_holder(cli, slow):
+    folder, _, model = slow
+    first = spawn(folder, "--model", model, "--output", "out", "--batch-size", "1", "--run-id", "first-run")
+    try:
+        lock = lock_path("out")
+        assert lock == os.path.abspath(".out.batchscore.lock")  # beside the output, not in it
+        wait_for(lambda: os.path.exists(lock) and os.path.getsize(lock) > 0, first)
+        holder = json.load(open(lock))
+        assert (holder["host"], holder["pid"], holder["run_id"]) == (HOST, first.pid, "first-run")
+
+        t0 = time.monotonic()
+        msg = cli.fails(folder, "--model", model, "--output", "out", "--overwrite", "--report", "r.json", code=4)
+        assert time.monotonic() - t0 < 10  # at once: it does not wait for the lock
+        assert msg == locked_message("out", holder)
+        report = json.load(open("r.json"))
+        assert (report["status"], report["exit_code"], report["error"]) == ("failed", 4, msg)
+        assert first.poll() is None, "the first run must still be running"
+        assert json.load(open(lock)) == holder  # the loser left the lock alone
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
+    assert first.returncode == 130, first.stderr.read()
+    assert not os.path.exists(lock), "an interrupted run releases its lock"
+    assert [f for f in os.listdir("out") if "lock" in f] == []
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next(cli, slow):
+    folder, table, model = slow
+    first = spawn(folder, "--model", model, "--output", "out", "--batch-size", "1", "--run-id", "killed-run")
+    lock = lock_path("out")
+    wait_for(lambda: committed("out") >= 1, first)
+    holder = json.load(open(lock))
+    first.kill()  # SIGKILL: no cleanup runs
+    first.wait(30)
+    assert first.returncode == -signal.SIGKILL
+    assert json.load(open(lock)) == holder
+
+    res = cli("run", folder, "--model", model, "--output", "out", "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert f"batchscore: warning: removing a stale lock on out left by {holder_text(holder)}" in res.stderr.splitlines()
+    assert not os.path.exists(lock)
+    out = read_output("out")
+    assert sorted(out.column("id").to_pylist()) == list(range(len(table)))
+
+
+# -- stale or foreign locks, by hand ---------------------------------------------------------------------------
+def test_lock_of_a_live_process_blocks_and_unlock_clears_it(cli, scored, sleeper):
+    folder, _, model = scored
+    holder = write_lock("out", pid=sleeper.pid, proc_start=_proc_start(sleeper.pid))
+    assert cli.fails(folder, "--model", model, "--output", "out", code=4) == locked_message("out", holder)
+    assert not os.path.exists("out")
+
+    res = cli("unlock", "out")
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr == f"removed the lock on out held by {holder_text(holder)}\n"
+    assert not os.path.exists(lock_path("out"))
+    assert cli("run", folder, "--model", model, "--output", "out").exit_code == 0
+
+
+def test_lock_from_another_host_is_never_taken_over(cli, scored):
+    # batchscore cannot tell whether a run on another machine is alive: only unlock clears it.
+    folder, _, model = scored
+    holder = write_lock("out", host="elsewhere.example", pid=1)
+    assert cli.fails(folder, "--model", model, "--output", "out", code=4) == locked_message("out", holder)
+    assert cli("unlock", "out").exit_code == 0
+    assert cli("run", folder, "--model", model, "--output", "out").exit_code == 0
+
+
+def test_lock_whose_pid_was_reused_is_stale(cli, scored, sleeper):
+    folder, _, model = scored
+    holder = write_lock("out", pid=sleeper.pid, proc_start="1")  # the pid now belongs to another process
+    res = cli("run", folder, "--model", model, "--output", "out")
+    assert res.exit_code == 0, res.stderr
+    assert f"batchscore: warning: removing a stale lock on out left by {holder_text(holder)}" in res.stderr.splitlines()
+
+
+def test_lock_of_a_dead_pid_is_stale(cli, scored):
+    folder, _, model = scored
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_lock("out", pid=dead.pid)
+    res = cli("run", folder, "--model", model, "--output", "out")
+    assert res.exit_code == 0, res.stderr
+    assert "batchscore: warning: removing a stale lock on out left by host" in res.stderr
+
+
+def test_a_half_written_lock_is_respected_while_fresh_and_stale_when_old(cli, scored):
+    folder, _, model = scored
+    path = lock_path("out")
+    open(path, "w").close()  # its holder is writing it right now
+    res = cli("run", folder, "--model", model, "--output", "out")
+    assert res.exit_code == 4, res.stderr
+    assert res.error.startswith("output out is locked by another run (")
+    os.utime(path, (time.time() - 60, time.time() - 60))  # ...or died while writing it
+    res = cli("run", folder, "--model", model, "--output", "out")
+    assert res.exit_code == 0, res.stderr
+    assert "batchscore: warning: removing a stale lock on out" in res.stderr.splitlines()
+
+
+def test_a_half_written_lock_does_not_name_a_holder_of_none(cli, scored):
+    folder, _, model = scored
+    open(lock_path("out"), "w").close()
+    msg = cli.fails(folder, "--model", model, "--output", "out", code=4)
+    assert "None" not in msg, msg
+
+
+# -- batchscore unlock ----------------------------------------------------------------------------------------
+def test_unlock_without_a_lock(cli):
+    res = cli("unlock", "out")
+    assert (res.exit_code, res.stderr) == (0, "out is not locked\n")
+
+
+def test_unlock_a_sqlite_output(cli, scored, sleeper):
+    folder, _, model = scored
+    assert lock_path("sqlite:///scores.db") == os.path.abspath(".scores.db.batchscore.lock")
+    write_lock("scores.db", pid=sleeper.pid, proc_start=_proc_start(sleeper.pid))
+    assert cli("run", folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds").exit_code == 4
+    res = cli("unlock", "sqlite:///scores.db")
+    assert res.exit_code == 0 and res.stderr.startswith("removed the lock on sqlite:///scores.db held by host ")
+    assert cli("run", folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds").exit_code == 0
+
+
+def test_unlock_of_a_database_server_is_a_usage_error(cli):
+    res = cli("unlock", "postgresql://scorer@db.example/analytics")
+    assert res.exit_code == 2
+    assert res.error == "postgresql://scorer@db.example/analytics is not locked with a lock file; nothing to unlock"
+
+
+def test_unlock_does_not_print_a_password(cli):
+    res = cli("unlock", "postgresql://scorer:hunter2@db.example/analytics")
+    assert res.exit_code == 2
+    assert "hunter2" not in res.stderr
+
+
+# -- the lock is released, and never inside the output ----------------------------------------------------------
+@pytest.mark.parametrize("output", ["out", "all.parquet", "sqlite:///scores.db"])
+def test_the_lock_is_beside_the_output_and_released(cli, scored, output):
+    folder, _, model = scored
+    extra = ["--table", "preds"] if output.startswith("sqlite") else []
+    assert cli("run", folder, "--model", model, "--output", output, *extra).exit_code == 0
+    assert [f for f in os.listdir(".") if f.endswith(".batchscore.lock")] == []
+    if output == "out":
+        assert "lock" not in " ".join(os.listdir("out"))
+
+
+@pytest.mark.parametrize("flags, code", [(["--features", "nope"], 2), (["--on-error", "skip"], 0)])
+def test_the_lock_is_released_when_a_run_fails_or_is_partial(cli, data, model, flags, code):
+    folder, _ = data.shards("in", [3, 3])
+    res = cli("run", folder, "--model", model, "--output", "out", *flags)
+    assert res.exit_code == code, res.stderr
+    assert not os.path.exists(lock_path("out"))
+
+
+def test_no_lock_ignores_and_keeps_a_held_lock(cli, scored, sleeper):
+    folder, table, model = scored
+    holder = write_lock("out", pid=sleeper.pid, proc_start=_proc_start(sleeper.pid))
+    res = cli("run", folder, "--model", model, "--output", "out", "--no-lock")
+    assert res.exit_code == 0, res.stderr
+    assert json.load(open(lock_path("out"))) == holder
+    assert len(read_output("out")) == len(table)
+
+
+def test_api_raises_locked_error(scored, sleeper):
+    folder, _, model = scored
+    write_lock("out", pid=sleeper.pid, proc_start=_proc_start(sleeper.pid))
+    with pytest.raises(batchscore.errors.LockedError) as info:
+        batchscore.score(folder, model, "out", quiet=True)
+    assert info.value.exit_status == 4
+
+
+# -- --no-lock: knowingly parallel appends -------------------------------------------------------------------
+def _second_input(data) -> str:
+    for i in range(2):
+        data.write(f"more/more-{i}.parquet", data.table(50, 10_000 + 50 * i))
+    return str(data.root / "more")
+
+
+@pytest.mark.xfail(reason="BUG: a SQLite output whose database another process is writing fails at once "
+                   "(exit 4, 'waited 60 s' though it did not wait): the sink reads before it writes in a "
+                   "deferred transaction, and SQLite never calls the busy handler for that lock upgrade", strict=True)
+def test_an_append_to_sqlite_waits_for_another_writer(cli, scored, data):
+    folder, table, model = scored
+    url = "sqlite:///scores.db"
+    assert cli("run", _second_input(data), "--model", model, "--output", url, "--table", "preds").exit_code == 0
+    # Another process (a parallel --no-lock run, or anything else) holds a write transaction for 1.5 s.
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, time\n"
+        "con = sqlite3.connect('scores.db', isolation_level=None)\n"
+        "con.execute('BEGIN IMMEDIATE'); con.execute('CREATE TABLE other (x)')\n"
+        "print('holding', flush=True); time.sleep(1.5); con.execute('COMMIT')\n"
+    )], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "holding\n"
+        res = cli("run", folder, "--model", model, "--output", url, "--table", "preds", "--if-exists", "append",
+                  "--no-lock")
+    finally:
+        writer.wait(30)
+    assert res.exit_code == 0, res.stderr
+    con = sqlite3.connect("scores.db")
+    ids = [r[0] for r in con.execute("SELECT id FROM preds")]
+    con.close()
+    assert sorted(ids) == list(range(len(table))) + list(range(10_000, 10_100))
+
+
+@pytest.mark.xfail(reason="BUG: parallel --no-lock appends to one Parquet directory are unsafe: the second "
+                   "run's tidy-up deletes the first's temporary files (it fails, exit 1), and each run rewrites "
+                   "the manifest from its own copy, so the other's shards go unrecorded (and the next append or "
+                   "--resume deletes them as left by a killed run)", strict=True)
+def test_parallel_appends_to_a_parquet_directory_with_no_lock_lose_nothing(cli, slow, data):
+    folder, table, model = slow
+    more = _second_input(data)
+    first = spawn(folder, "--model", model, "--output", "out", "--if-exists", "append", "--no-lock", "--batch-size", "1")
+    wait_for(lambda: committed("out") >= 1, first)
+    res = cli("run", more, "--model", model, "--output", "out", "--if-exists", "append", "--no-lock")
+    assert res.exit_code == 0, res.stderr
+    assert first.wait(120) == 0, first.stderr.read()
+    manifest = json.load(open("out/_batchscore_manifest.json"))
+    assert sorted(manifest["shards"]) == output_files("out")
+    # A later append keeps what both runs wrote.
+    data.write("late/late-0.parquet", data.table(5, 20_000))
+    assert cli("run", str(data.root / "late"), "--model", model, "--output", "out", "--if-exists", "append").exit_code == 0
+    assert len(read_output("out")) == len(table) + 100 + 5
