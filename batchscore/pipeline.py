@@ -120,12 +120,16 @@ class _Stage(threading.Thread):
         super().__init__(name=f"batchscore-{name}", daemon=True)
         self._fn, self.stop, self.error = target, stop, None
 
+    cpu_seconds = 0.0
+
     def run(self) -> None:
         try:
             self._fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.error = exc
             self.stop.set()
+        finally:
+            self.cpu_seconds = time.thread_time()
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -145,7 +149,7 @@ def _get(q: queue.Queue, stop: threading.Event, stages: list[_Stage]) -> Any:
         except queue.Empty:
             pass
         for s in stages:
-            if s.error is not None:
+            if s.error is not None and not isinstance(s.error, _Stopped):
                 raise s.error
         if stop.is_set():
             raise _Stopped
@@ -315,6 +319,30 @@ def run_pipeline(
                 f"more than --max-error-rate {job.max_error_rate}: fix the data, or raise the limit"
             )
 
+    # Decoding runs one step ahead on its own thread (Arrow decodes a row group's
+    # columns on its pool), so it overlaps the checks and feature building here.
+    decoded: queue.Queue = queue.Queue(maxsize=2)
+
+    def decode() -> None:
+        for idx in range(len(plan.shards)):
+            plan.readers[idx].lenient = on_error != "fail"
+            try:
+                for batch in _shard_batches(plan, idx, read_batch, stats[idx]):
+                    if not _put(decoded, ("rows", idx, batch, stats[idx].read - batch.num_rows), stop):
+                        return
+            except (InputError, SchemaError) as exc:
+                if on_error == "fail":
+                    raise
+                if not _put(decoded, ("failed", idx, exc, 0), stop):
+                    return
+                continue
+            if not _put(decoded, ("end", idx, None, 0), stop):
+                return
+        _put(decoded, _DONE, stop)
+
+
+    decoder = _Stage("decoder", decode, stop)
+
     def produce() -> None:
         rb = Rebatcher(size)
         pending_q: list = []
@@ -332,53 +360,54 @@ def run_pipeline(
             pending_failed.clear()
             return _put(in_q, item, stop)
 
-        for idx in range(len(plan.shards)):
-            shard = plan.shards[idx]
-            st = stats[idx]
-            plan.readers[idx].lenient = on_error != "fail"
-            try:
-                for batch in _shard_batches(plan, idx, read_batch, st):
-                    if stop.is_set():
+        try:
+            while True:
+                got = _get(decoded, stop, [decoder])
+                if got is _DONE:
+                    break
+                kind, idx, batch, offset = got
+                shard, st = plan.shards[idx], stats[idx]
+                if kind == "failed":
+                    rb.drop_shard(idx)
+                    pending_q[:] = [q for q in pending_q if q[0] != idx]
+                    pending_failed.append((idx, str(batch)))
+                    if not emit([], 0, []):
                         return
-                    live["read"] = sum(x.read for x in stats)
-                    unparsed = None
-                    if batch.schema.get_field_index(BAD_ROW_COLUMN) >= 0:
-                        unparsed = batch.column(BAD_ROW_COLUMN)
-                        batch = batch.drop_columns([BAD_ROW_COLUMN])
-                    bad = find_bad_rows(plan.features, batch, job.allow_nan)
-                    if unparsed is not None and unparsed.null_count < len(unparsed):
-                        bad = _merge_bad(bad, unparsed)
-                    if bad is not None:
-                        rows, reasons = bad
-                        if on_error == "fail":
-                            where = "" if plan.where is not None else f" at row {st.read - batch.num_rows + int(rows[0])}"
-                            raise DataError(
-                                f"{shard.path}: {reasons[0]}{where} ({len(rows)} bad row(s) in this part of the file): "
-                                "fix the data, or pass --on-error skip|quarantine"
-                                + ("" if job.allow_nan or "NaN" not in reasons[0] else " (or --allow-nan)")
-                            )
-                        if on_error == "quarantine":
-                            pending_q.append((idx, _with_reason(batch, rows, reasons, shard.path), rows))
-                            st.quarantined += len(rows)
-                        else:
-                            st.skipped += len(rows)
-                        count_bad(len(rows))
-                        batch = _drop_rows(batch, rows)
-                    for item in rb.add(idx, batch):
+                    continue
+                if kind == "end":
+                    for item in rb.end_shard(idx):
                         if not emit(*item):
                             return
-            except (InputError, SchemaError) as exc:
-                if on_error == "fail":
-                    raise
-                rb.drop_shard(idx)
-                pending_q[:] = [q for q in pending_q if q[0] != idx]
-                pending_failed.append((idx, str(exc)))
-                if not emit([], 0, []):
-                    return
-                continue
-            for item in rb.end_shard(idx):
-                if not emit(*item):
-                    return
+                    continue
+                live["read"] = sum(x.read for x in stats)
+                unparsed = None
+                if batch.schema.get_field_index(BAD_ROW_COLUMN) >= 0:
+                    unparsed = batch.column(BAD_ROW_COLUMN)
+                    batch = batch.drop_columns([BAD_ROW_COLUMN])
+                bad = find_bad_rows(plan.features, batch, job.allow_nan)
+                if unparsed is not None and unparsed.null_count < len(unparsed):
+                    bad = _merge_bad(bad, unparsed)
+                if bad is not None:
+                    rows, reasons = bad
+                    if on_error == "fail":
+                        where = "" if plan.where is not None else f" at row {offset + int(rows[0])}"
+                        raise DataError(
+                            f"{shard.path}: {reasons[0]}{where} ({len(rows)} bad row(s) in this part of the file): "
+                            "fix the data, or pass --on-error skip|quarantine"
+                            + ("" if job.allow_nan or "NaN" not in reasons[0] else " (or --allow-nan)")
+                        )
+                    if on_error == "quarantine":
+                        pending_q.append((idx, _with_reason(batch, rows, reasons, shard.path), rows))
+                        st.quarantined += len(rows)
+                    else:
+                        st.skipped += len(rows)
+                    count_bad(len(rows))
+                    batch = _drop_rows(batch, rows)
+                for item in rb.add(idx, batch):
+                    if not emit(*item):
+                        return
+        finally:
+            decoder.join(timeout=1.0)
         for item in rb.flush():
             if not emit(*item):
                 return
@@ -467,9 +496,11 @@ def run_pipeline(
 
     reader = _Stage("reader", produce, stop)
     writer = _Stage("writer", consume, stop)
-    stages = [reader, writer]
+    stages = [decoder, reader, writer]  # the first real error wins: upstream first
+    decoder.start()
     reader.start()
     writer.start()
+    main_cpu0 = time.thread_time()
     try:
         backend = plan.backend
         while True:
@@ -497,15 +528,25 @@ def run_pipeline(
             "rerun with --resume to finish"
         ) from None
     except _Stopped:
-        pass
+        stop.set()
+        _join(stages)
     except BaseException:
         stop.set()
         _join(stages)
         raise
     _join(stages)
+    # Where the CPU went (this thread's share of the model's time included), for tuning and sweeps.
+    summary.stage_cpu_seconds = {
+        "decoder": round(decoder.cpu_seconds, 3),
+        "reader": round(reader.cpu_seconds, 3),
+        "model_thread": round(time.thread_time() - main_cpu0, 3),
+        "writer": round(writer.cpu_seconds, 3),
+    }
     for s in stages:
-        if s.error is not None:
+        if s.error is not None and not isinstance(s.error, _Stopped):
             raise s.error
+    if stop.is_set():
+        raise RuntimeError("the pipeline stopped without saying why")
 
 
 def _nonfinite_outputs(preds: dict[str, Any], rows: int, plan: Plan, on_error: str):

@@ -123,10 +123,6 @@ class OnnxBackend(Backend):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
-        if device.kind == "cpu":
-            # The arena keeps the largest batch's intermediates forever (tens of MB
-            # for a wide model); batches are big enough that plain malloc costs little.
-            so.enable_cpu_mem_arena = False
         # Spinning intra-op threads steal the decoder's core between runs.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
