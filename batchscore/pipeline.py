@@ -2,9 +2,10 @@
 bounded queues, so decoding, inference and writing overlap, memory stays flat
 (backpressure) and the slowest stage sets the pace.
 
-The reader thread decodes shards, applies --where, cuts the stream into
-fixed-size batches that cross shard boundaries and builds the model's input
-arrays. The calling thread runs the model (onnxruntime and torch release the
+A decoder thread reads shards one step ahead and applies --where; the reader
+thread checks rows, and cuts the stream into fixed-size batches that cross
+shard boundaries. The calling thread builds the model's input arrays and runs
+the model (onnxruntime and torch release the
 GIL while they compute). The writer thread turns predictions into Arrow
 columns and hands each shard's rows to the sink, committing a shard once its
 last row is written.
@@ -349,13 +350,11 @@ def run_pipeline(
         pending_failed: list = []
 
         def emit(parts, rows, ends) -> bool:
-            feeds = None
-            if rows:
-                segs = [(plan.shards[s].path, b) for s, b in parts]
-                feeds = build_feeds(plan.features, segs, rows, fixed if fixed and rows < fixed else None)
-                for s, b in parts:
-                    stats[s].emitted += b.num_rows
-            item = WorkItem(rows, feeds, parts, ends, list(pending_q), list(pending_failed))
+            for s, b in parts:
+                stats[s].emitted += b.num_rows
+            # The model's input arrays are built on the model thread, just before the
+            # run: the reader is the busier thread when the model is cheap.
+            item = WorkItem(rows, None, parts, ends, list(pending_q), list(pending_failed))
             pending_q.clear()
             pending_failed.clear()
             return _put(in_q, item, stop)
@@ -509,6 +508,8 @@ def run_pipeline(
                 break
             preds = None
             if item.rows:
+                segs = [(plan.shards[s].path, b) for s, b in item.parts]
+                item.feeds = build_feeds(plan.features, segs, item.rows, fixed if fixed and item.rows < fixed else None)
                 t0 = time.perf_counter()
                 preds = backend.predict(item.feeds)
                 summary.record_latency(time.perf_counter() - t0)

@@ -222,7 +222,9 @@ def test_a_shard_failing_part_way_with_fail_publishes_nothing_of_it(cli, model, 
     msg = cli.fails(folder, "--model", model, "--output", "out", "--batch-size", "3", code=2)
     assert msg.startswith(f"cannot read {bad} as parquet: ")
     assert msg.endswith(CORRUPT)
-    assert output_files("out") == ["part-000.parquet"]
+    # The shard before it may or may not have committed when the run stopped (decoding
+    # runs ahead); the bad shard never appears, and nothing half-written is left.
+    assert set(output_files("out")) <= {"part-000.parquet"}
     no_leftovers("out")
 
 

@@ -47,6 +47,8 @@ def _strip_zipmap(model_bytes: bytes) -> tuple[bytes, dict[str, list]]:
     """Replace skl2onnx's ZipMap outputs (a list of dicts per row) by the
     probability tensor it wraps, so outputs stay columnar; returns the class
     labels of each such output."""
+    if b"ZipMap" not in model_bytes:
+        return model_bytes, {}  # most models: skip importing onnx (a second or more)
     try:
         import onnx
     except ImportError:

@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Backends benchmark: `batchscore run` against the framework's own tight loop, on CPU.
+
+One compute-bound conv net on image-like rows (3×64×64 float32 as a fixed-size
+list column), saved as TorchScript and as ONNX. For each backend:
+
+  loop        the framework's tight loop over the same data already in memory
+              (a numpy array [N,3,64,64]), same batch size, same threads: the limit
+  batchscore  `batchscore run DATA --model M --keep id` in a subprocess, as a user times it
+
+    python benchmarks/bench_backends.py                      # 8192 rows, batch 256, median of 3
+    python benchmarks/bench_backends.py --rows 2048 --repeat 1 --only torch
+
+Scratch data lives under /tmp/bench/images-<rows> (reused). Results go to
+benchmarks/results/backends-<date>.md and .json. GPU figures: not measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHAPE = (3, 64, 64)
+
+
+def build_net():
+    import torch
+
+    class ConvNet(torch.nn.Module):
+        """≈41 MFLOP a row: 3→16 (64²), 16→32 s2, 32→64 s2, 64→64 (16²), mean, 64→10."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+            self.c3 = torch.nn.Conv2d(32, 64, 3, stride=2, padding=1)
+            self.c4 = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, image):
+            y = torch.relu(self.c1(image))
+            y = torch.relu(self.c2(y))
+            y = torch.relu(self.c3(y))
+            y = torch.relu(self.c4(y))
+            return self.fc(y.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    return ConvNet().eval()
+
+
+def make_workload(root: Path, rows: int, shards: int = 4) -> dict[str, str]:
+    """Parquet shards of ``id`` + ``image`` and the net as TorchScript and ONNX (reused if present)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = root / "data"
+    paths = {"data": str(data), "torch": str(root / "net.pt"), "onnx": str(root / "net.onnx")}
+    if (root / "done").exists():
+        return paths
+    data.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = int(np.prod(SHAPE))
+    start = 0
+    for i in range(shards):
+        n = rows // shards + (1 if i < rows % shards else 0)
+        flat = rng.random((n, per), dtype=np.float32)
+        image = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), per)
+        t = pa.table({"id": pa.array(np.arange(start, start + n, dtype=np.int64)), "image": image})
+        pq.write_table(t, data / f"part-{i:03d}.parquet", row_group_size=1024)
+        start += n
+    import torch
+
+    net = build_net()
+    example = torch.zeros(2, *SHAPE)
+    meta = json.dumps({"inputs": [{"name": "image", "dtype": "float32", "shape": [None, *SHAPE]}]})
+    torch.jit.save(torch.jit.script(net), paths["torch"], _extra_files={"batchscore.json": meta})
+    kw = dict(input_names=["image"], output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+    try:
+        torch.onnx.export(net, (example,), paths["onnx"], dynamo=False, **kw)
+    except TypeError:  # an older torch without the dynamo switch
+        torch.onnx.export(net, (example,), paths["onnx"], **kw)
+    (root / "done").write_text("ok")
+    return paths
+
+
+def _busy_jiffies() -> float:
+    with open("/proc/stat") as fh:
+        parts = [float(v) for v in fh.readline().split()[1:]]
+    return (sum(parts) - parts[3] - parts[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to max_wait s) until other work keeps fewer than ``threshold`` cores busy; returns busy cores."""
+    t0, busy = time.perf_counter(), 0.0
+    while time.perf_counter() - t0 < max_wait:
+        b0 = _busy_jiffies()
+        time.sleep(1.0)
+        busy = _busy_jiffies() - b0
+        if busy < threshold:
+            break
+    return busy
+
+
+def load_images(data: str):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    parts = sorted(Path(data).glob("*.parquet"))
+    arrays = [pq.read_table(p, columns=["image"]).column("image").combine_chunks().flatten().to_numpy() for p in parts]
+    return np.concatenate(arrays).reshape((-1, *SHAPE))
+
+
+def loop_torch(model: str, data: str, batch: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    x = load_images(data)
+    m = torch.jit.load(model).eval()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for lo in range(0, len(x), batch):
+            m(torch.from_numpy(x[lo : lo + batch])).numpy()
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "rows": len(x)}
+
+
+def loop_onnx(model: str, data: str, batch: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    x = load_images(data)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    for lo in range(0, len(x), batch):
+        s.run(None, {"image": x[lo : lo + batch]})
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "rows": len(x)}
+
+
+def child(args) -> None:
+    """One measured loop in this process; prints JSON."""
+    fn = loop_torch if args.child == "torch" else loop_onnx
+    print(json.dumps(fn(args.model, args.data, args.batch_size, args.threads)))
+
+
+def run_loop(backend: str, paths: dict, batch: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", backend, "--model", paths[backend], "--data", paths["data"],
+           "--batch-size", str(batch), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Path) -> dict:
+    report = work / f"report-{backend}.json"
+    cmd = ["batchscore", "run", paths["data"], "--model", paths[backend], "--output", str(work / f"out-{backend}"),
+           "--keep", "id", "--if-exists", "replace", "--quiet", "--device", "cpu", "--batch-size", str(batch),
+           "--threads", str(threads), "--report", str(report)]
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=work)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    rep = json.loads(report.read_text())
+    return {"seconds": wall, "run_seconds": rep.get("wall_seconds"), "cpu_seconds": cpu, "rows": rep.get("rows_written")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="torch,onnx")
+    ap.add_argument("--quiet-wait", type=float, default=30, help="before each run wait up to this many s for the machine to go quiet")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write results/")
+    ap.add_argument("--child")
+    ap.add_argument("--model")
+    ap.add_argument("--data")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    sys.path.insert(0, str(ROOT))
+    from batchscore.devices import cpu_count
+
+    threads = args.threads or cpu_count()
+    root = Path(f"/tmp/bench/images-{args.rows}")
+    t0 = time.perf_counter()
+    paths = make_workload(root, args.rows)
+    print(f"workload: {args.rows} rows in {paths['data']} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    work = Path("/tmp/bench/runs-backends")
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"rows": args.rows, "batch_size": args.batch_size, "threads": threads, "runs": {}}
+    for backend in args.only.split(","):
+        for kind in ("loop", "batchscore"):
+            results["runs"][f"{backend}/{kind}"] = []
+    for i in range(args.repeat):
+        for backend in args.only.split(","):
+            # Alternate the two so a change in the machine's load hits both alike.
+            for kind in ("loop", "batchscore"):
+                busy = wait_for_quiet(args.quiet_wait)
+                load = os.getloadavg()[0]
+                if kind == "loop":
+                    r = run_loop(backend, paths, args.batch_size, threads)
+                else:
+                    r = run_batchscore(backend, paths, args.batch_size, threads, work)
+                r["load_before"] = load
+                r["busy_cores_before"] = busy
+                r["load_after"] = os.getloadavg()[0]
+                results["runs"][f"{backend}/{kind}"].append(r)
+                extra = f" (run {r['run_seconds']:.2f} s)" if r.get("run_seconds") else ""
+                print(f"[{i + 1}/{args.repeat}] {backend:5} {kind:10} {r['seconds']:7.2f} s{extra}  "
+                      f"{r['rows'] / r['seconds']:8.0f} rows/s  cpu {r['cpu_seconds']:.2f} s  other work {busy:.2f} cores, "
+                      f"load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
+    lines = [
+        f"# Backends benchmark {dt.date.today()}",
+        "",
+        f"{args.rows} rows of 3×64×64 float32 (fixed-size list), conv net ≈41 MFLOP/row, batch {args.batch_size}, "
+        f"{threads} threads, CPU only; median of {args.repeat}. Machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; 1-min load average before/after each run is in the JSON.",
+        "",
+        "| backend | tight loop (s) | batchscore run (s) | ratio | scoring only (s) | ratio | CPU s loop / batchscore |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for backend in args.only.split(","):
+        loop = statistics.median(r["seconds"] for r in results["runs"][f"{backend}/loop"])
+        bs = statistics.median(r["seconds"] for r in results["runs"][f"{backend}/batchscore"])
+        inner = statistics.median(r["run_seconds"] or r["seconds"] for r in results["runs"][f"{backend}/batchscore"])
+        cl = statistics.median(r["cpu_seconds"] for r in results["runs"][f"{backend}/loop"])
+        cb = statistics.median(r["cpu_seconds"] for r in results["runs"][f"{backend}/batchscore"])
+        summary[backend] = {"loop": loop, "batchscore": bs, "batchscore_run": inner, "ratio": bs / loop,
+                            "ratio_run": inner / loop, "cpu_loop": cl, "cpu_batchscore": cb}
+        lines.append(f"| {backend} | {loop:.2f} | {bs:.2f} | {bs / loop:.2f}× | {inner:.2f} | {inner / loop:.2f}× | {cl:.1f} / {cb:.1f} |")
+    lines += ["", "The loop times only the model calls (data already in memory, model loaded); "
+              "`batchscore run` is the whole subprocess (start-up, model load, Parquet read and write); "
+              "'scoring only' is the run's own wall_seconds from --report. CPU seconds: the loop's measured region; "
+              "batchscore's whole process (start-up, reading, writing included).",
+              "Other benchmarks shared this 2-core machine: each run waited up to --quiet-wait s for it to go quiet; "
+              "the busy cores seen just before each run are in the JSON (busy_cores_before).", "",
+              "GPU figures: not yet measured (no GPU on the machine these were taken on)."]
+    results["summary"] = summary
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        out = HERE / "results" / f"backends-{dt.date.today()}"
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
