@@ -32,7 +32,7 @@ bindir="$(find_bindir || true)"
 if [[ -z "$bindir" ]]; then
   if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
     echo "start-postgres: installing the PostgreSQL server (apt-get)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
     bindir="$(find_bindir)"
   else
     echo "start-postgres: no PostgreSQL server binaries (initdb, pg_ctl, postgres) and cannot install them" >&2

@@ -69,7 +69,12 @@ class Job:
 
     def backend_options(self) -> dict[str, Any]:
         """Options every backend receives; each uses what applies to it."""
-        return {"trust_model": self.trust_model, "precision": self.precision, "batch_size": self.batch_size}
+        return {
+            "trust_model": self.trust_model,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "threads_explicit": self.threads is not None,
+        }
 
     def validate(self) -> "Job":
         if self.batch_size is not None and self.batch_size < 1:

@@ -36,6 +36,12 @@ def _import_ort():
     return ort
 
 
+def _cores() -> int:
+    from ..devices import cpu_count
+
+    return cpu_count()
+
+
 def _spec(arg) -> TensorSpec:
     shape = None
     if arg.shape is not None:
@@ -121,7 +127,11 @@ class OnnxBackend(Backend):
         except Exception:  # noqa: BLE001 - not ONNX protobuf: let onnxruntime say so below
             labels = {}
         so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, threads)
+        if self.options.get("threads_explicit") or threads != _cores():
+            so.intra_op_num_threads = max(1, threads)
+        # else: 0, onnxruntime's default, one thread per core *pinned* to it: measured
+        # here at H=256, pinned threads do the same work in ~12% less CPU than an
+        # explicit count (which turns pinning off).
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
