@@ -98,6 +98,8 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
                 from .sinks import os_error
 
                 raise os_error(plan.output, exc) from None
+        if job.on_error == "quarantine":
+            qdest, qtable = _quarantine_dest(job, dest)  # checked before anything is created
         sink = _make_sink(dest, plan, plan.output_schema, job.table)
         done = sink.open(plan.shards) or set()
         if done:
@@ -105,7 +107,6 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
             plan = plan.without(done)
             log.info(f"resume: {summary.shards_skipped} shard(s) already committed are skipped")
         if job.on_error == "quarantine":
-            qdest, qtable = _quarantine_dest(job, dest)
             qschema = _quarantine_schema(plan)
             quarantine = _make_sink(qdest, plan, qschema, qtable)
             quarantine.open(plan.shards)

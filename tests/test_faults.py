@@ -447,8 +447,6 @@ def _csv_with_bad_cell(data) -> tuple[str, str, pa.Table]:
     return folder, bad, good
 
 
-@pytest.mark.xfail(reason="BUG: a CSV cell that does not parse is reported as shards disagreeing on the "
-                   "column's type, not as a bad value on a line", strict=True)
 def test_csv_cell_that_does_not_parse_with_fail(cli, model, data):
     folder, bad, _ = _csv_with_bad_cell(data)
     msg = cli.fails(folder, "--model", model, "--output", "out", code=2)

@@ -200,9 +200,6 @@ def test_api_quarantine(model, bad_shards):
 
 
 # -- never inside the output ------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="BUG: --quarantine inside the output directory is accepted (its files land in the "
-                   "output, where readers take them for predictions), and --quarantine equal to --output "
-                   "fails with a misleading 'output already exists' after creating the output", strict=True)
 @pytest.mark.parametrize("dest", ["out/bad", "out"])
 def test_quarantine_inside_the_output_is_refused(cli, model, bad_shards, dest):
     folder, _, _ = bad_shards

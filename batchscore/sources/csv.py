@@ -50,12 +50,38 @@ class Reader(ShardReader):
             types = {n: schema.field(n).type for n in columns if schema.get_field_index(n) >= 0}
             if self.lenient:  # numbers as text first: a bad cell is a bad row, not a bad shard
                 types = {n: (pa.string() if _numeric(t) else t) for n, t in types.items()}
-        reader = self._reader(types, columns)
+        reader = None
         try:
+            reader = self._reader(types, columns)  # reads (and converts) the first block already
             for batch in reader:
                 yield parse_text_columns(batch, schema) if self.lenient else batch
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc) or schema is None:
+                raise
+            raise self._locate_bad_cell(columns, schema) or exc
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
+
+    def _locate_bad_cell(self, columns: list[str], schema: pa.Schema):
+        """A DataError naming the column, value and line of the first cell that does
+        not parse (pyarrow's message names neither the column nor the line)."""
+        from ..errors import DataError
+        from . import BAD_ROW_COLUMN
+
+        lenient = type(self)(self.shard, lenient=True)
+        seen = 0
+        for batch in lenient._iter(columns, 65_536, schema):
+            if BAD_ROW_COLUMN in batch.schema.names:
+                reasons = batch.column(BAD_ROW_COLUMN)
+                if reasons.null_count < len(reasons):
+                    row = next(i for i, r in enumerate(reasons.to_pylist()) if r is not None)
+                    return DataError(
+                        f"{self.shard.path}: {reasons[row].as_py()} at line {seen + row + 2}: "
+                        "fix the data, or pass --on-error skip|quarantine"
+                    )
+            seen += batch.num_rows
+        return None
 
     def scan_polars(self):
         import polars as pl
