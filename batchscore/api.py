@@ -58,7 +58,35 @@ def run_job(job: Job, *, console: bool = False) -> RunSummary:
     """Plan and run a validated job; write --report even when the run fails.
 
     ``console`` prints the summary as a rich table (a terminal) instead of log lines.
+    A run that fails with a retryable error (exit 1) is rerun up to ``job.retries``
+    times with exponential backoff, resuming: committed shards are not redone.
     """
+    import dataclasses
+
+    from .errors import TooManyErrors
+
+    delay = 1.0
+    for attempt in range(1, job.retries + 2):
+        try:
+            return _run_once(job, console=console)
+        except BatchscoreError as exc:
+            if exc.exit_status != ExitStatus.RETRYABLE or isinstance(exc, TooManyErrors) or attempt > job.retries:
+                raise
+            if not log.handlers:
+                setup_logging(job.log_format, job.quiet)
+            log.warning(
+                f"warning: attempt {attempt} of {job.retries + 1} failed: {exc}; retrying in {delay:.0f} s"
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            # A directory or table continues from its committed shards; a single
+            # .parquet file was never published, so it simply starts again.
+            single = (job.output or "").lower().endswith(".parquet")
+            job = dataclasses.replace(job, if_exists=job.if_exists if single else "resume")
+    raise AssertionError("unreachable")
+
+
+def _run_once(job: Job, *, console: bool = False) -> RunSummary:
     if not log.handlers:
         setup_logging(job.log_format, job.quiet)
     summary = RunSummary(run_id=job.run_id or "", batchscore_version=__version__)

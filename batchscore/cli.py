@@ -101,6 +101,8 @@ def run(
     allow_nan: bool = typer.Option(False, "--allow-nan", help="NaN and infinity in features are data, not errors (tree models read NaN as missing)."),
     max_errors: Optional[int] = typer.Option(None, "--max-errors", help="End the run (exit 1) once more than N rows were bad."),
     max_error_rate: Optional[float] = typer.Option(None, "--max-error-rate", help="End the run (exit 1) once bad rows exceed this fraction (0-1) of the rows read so far."),
+    retries: Optional[int] = typer.Option(None, "--retries", help="Rerun a run that failed with a retryable error (exit 1: I/O, database) up to N times, with backoff, resuming from the committed shards. Default: 0."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one model call or one output write may take; past it the run stops (exit 1) instead of hanging."),
     no_lock: bool = typer.Option(False, "--no-lock", help="Do not lock the output (only for knowingly parallel appends)."),
     input_format: Optional[str] = typer.Option(None, "--input-format", help="parquet, csv, ndjson or ipc. Default: by extension."),
     prediction_prefix: Optional[str] = typer.Option(None, "--prediction-prefix", help="Prefix for prediction column names."),
@@ -125,6 +127,7 @@ def run(
         report=report, quiet=quiet or None, log_format=log_format, dry_run=dry_run or None,
         allow_empty=allow_empty or None, on_error=on_error, quarantine=quarantine, allow_nan=allow_nan or None,
         max_errors=max_errors, max_error_rate=max_error_rate, no_lock=no_lock or None,
+        retries=retries, timeout=timeout,
     )
     fmt = log_format or os.environ.get("BATCHSCORE_LOG_FORMAT") or "text"
     try:

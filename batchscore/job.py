@@ -61,6 +61,8 @@ class Job:
     max_errors: int | None = None  # end the run (exit 1) past this many bad rows
     max_error_rate: float | None = None  # ... or past this fraction of the rows read so far
     no_lock: bool = False  # do not lock the output (knowingly parallel appends)
+    retries: int = 0  # rerun a run that failed with a retryable error (exit 1) this many times, resuming
+    timeout: float | None = None  # seconds one model call or one output write may take
     progress: str | None = None  # "rich", "log", "tqdm", "none"; None picks one
     config_path: str | None = None  # the TOML file that was read, if any
 
@@ -90,6 +92,10 @@ class Job:
             raise UsageError("--upsert-key is empty: give the key column(s), e.g. --upsert-key id")
         _choice("--input-format", self.input_format, INPUT_FORMATS)
         _choice("--on-error", self.on_error, ON_ERROR)
+        if self.retries < 0:
+            raise UsageError(f"--retries must be 0 or more, got {self.retries}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.max_errors is not None and self.max_errors < 0:
             raise UsageError(f"--max-errors must be 0 or more, got {self.max_errors}")
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
@@ -121,8 +127,8 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
 FIELD_NAMES = tuple(f.name for f in fields(Job))
 _LIST_FIELDS = {"inputs", "features", "keep", "upsert_key"}
-_INT_FIELDS = {"batch_size", "prefetch", "threads", "max_errors"}
-_FLOAT_FIELDS = {"max_error_rate"}
+_INT_FIELDS = {"batch_size", "prefetch", "threads", "max_errors", "retries"}
+_FLOAT_FIELDS = {"max_error_rate", "timeout"}
 _BOOL_FIELDS = {"quiet", "dry_run", "allow_empty", "trust_model", "allow_nan", "no_lock"}
 _PATH_FIELDS = {"model", "output", "report", "quarantine"}
 _NOT_CONFIGURABLE = {"dry_run", "config_path"}

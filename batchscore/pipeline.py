@@ -160,6 +160,58 @@ class _Stopped(Exception):
     pass
 
 
+class _Watchdog(threading.Thread):
+    """--timeout: a model call or an output write that does not return in time
+    ends the process (exit 1). A call stuck inside a native library cannot be
+    interrupted from Python; what was committed stays, the shard in flight is not
+    (its temporary file is hidden and a resume redoes it), and the lock is left
+    to the next run, which sees its holder is gone."""
+
+    def __init__(self, timeout: float, summary: RunSummary, report: str | None):
+        super().__init__(name="batchscore-watchdog", daemon=True)
+        self.timeout, self.summary, self.report = timeout, summary, report
+        self.active: dict[str, tuple[str, float]] = {}
+        self.done = threading.Event()
+
+    def enter(self, slot: str, what: str) -> None:
+        self.active[slot] = (what, time.monotonic())
+
+    def leave(self, slot: str) -> None:
+        self.active.pop(slot, None)
+
+    def run(self) -> None:
+        import os
+        import sys
+
+        from .errors import ExitStatus
+
+        while not self.done.wait(0.2):
+            now = time.monotonic()
+            for what, t0 in list(self.active.values()):
+                if now - t0 > self.timeout:
+                    msg = (
+                        f"{what} did not finish within --timeout {self.timeout:g} s; the run stopped "
+                        "(committed shards are kept): check the model or the output, then rerun with --resume"
+                    )
+                    self.summary.status, self.summary.error = "failed", msg
+                    self.summary.exit_code = int(ExitStatus.RETRYABLE)
+                    try:
+                        self.summary.finish()
+                        if self.report:
+                            self.summary.write_json(self.report)
+                    finally:
+                        print(f"batchscore: error: {msg}", file=sys.stderr, flush=True)
+                        os._exit(int(ExitStatus.RETRYABLE))
+
+
+class _NoWatchdog:
+    def enter(self, slot: str, what: str) -> None:
+        pass
+
+    def leave(self, slot: str) -> None:
+        pass
+
+
 def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int, columns: list[str] | None = None) -> pa.RecordBatch:
     """Add hive columns and cast to the dataset's types, in stream column order."""
     shard = plan.shards[shard_idx]
@@ -306,6 +358,7 @@ def run_pipeline(
     keep_idx = [plan.stream_columns.index(c) for c in plan.features.keep]
     out_types = [f.type for f in plan.output_schema][len(plan.features.keep):]
     q_used: set[int] = set()
+    watchdog = _Watchdog(job.timeout, summary, job.report) if job.timeout else _NoWatchdog()
 
     def count_bad(n: int) -> None:
         live["bad"] += n
@@ -459,7 +512,9 @@ def run_pipeline(
             for s, _, (kind, payload) in events:
                 shard = plan.shards[s]
                 if kind == "end":
+                    watchdog.enter("writer", f"committing {shard.path} to the output")
                     commit(s)
+                    watchdog.leave("writer")
                 elif kind == "failed":
                     fail_shard(s, payload)
                 elif kind == "quarantine":
@@ -482,7 +537,9 @@ def run_pipeline(
                                 stats[s].skipped += len(local)
                             count_bad(len(local))
                             out = _drop_rows(out, local)
+                    watchdog.enter("writer", f"writing rows of {shard.path} to the output")
                     sink.write(shard, out)
+                    watchdog.leave("writer")
                     stats[s].written += out.num_rows
                     live["written"] += out.num_rows
                     off += n
@@ -496,6 +553,8 @@ def run_pipeline(
     reader = _Stage("reader", produce, stop)
     writer = _Stage("writer", consume, stop)
     stages = [decoder, reader, writer]  # the first real error wins: upstream first
+    if isinstance(watchdog, _Watchdog):
+        watchdog.start()
     decoder.start()
     reader.start()
     writer.start()
@@ -511,7 +570,9 @@ def run_pipeline(
                 segs = [(plan.shards[s].path, b) for s, b in item.parts]
                 item.feeds = build_feeds(plan.features, segs, item.rows, fixed if fixed and item.rows < fixed else None)
                 t0 = time.perf_counter()
+                watchdog.enter("model", f"the model call on batch {summary.batches + 1}")
                 preds = backend.predict(item.feeds)
+                watchdog.leave("model")
                 summary.record_latency(time.perf_counter() - t0)
                 summary.batches += 1
                 item.feeds = None
@@ -535,6 +596,9 @@ def run_pipeline(
         stop.set()
         _join(stages)
         raise
+    finally:
+        if isinstance(watchdog, _Watchdog):
+            watchdog.done.set()  # never fire after the run is over (the API's caller lives on)
     _join(stages)
     # Where the CPU went (this thread's share of the model's time included), for tuning and sweeps.
     summary.stage_cpu_seconds = {
