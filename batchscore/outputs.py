@@ -46,6 +46,10 @@ def to_arrow(name: str, arr: Any, rows: int, expected: pa.DataType | None = None
     shape = row_shape_of(arr)
     if arr.dtype.kind in "OUS":
         flat = pa.array(arr.reshape(-1).tolist(), type=pa.string())
+    elif arr.dtype.kind in "iuf":
+        # Zero-copy from the numpy buffer (pa.array would import pandas to inspect it).
+        values = np.ascontiguousarray(arr).reshape(-1)
+        flat = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
     else:
         flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
     out: pa.Array = flat

@@ -220,9 +220,7 @@ def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int, columns: list[st
     for name in columns or plan.stream_columns:
         target = plan.schema.field(name).type
         if name in plan.hive_types and batch.schema.get_field_index(name) < 0:
-            value = hive.get(name)
-            scalar = pa.scalar(None if value is None else (int(value) if pa.types.is_integer(target) else value), target)
-            arr = pa.repeat(scalar, batch.num_rows)
+            arr = _constant(hive.get(name), target, batch.num_rows)
         else:
             arr = batch.column(name)
             if arr.type != target:
@@ -239,6 +237,21 @@ def _conform(batch: pa.RecordBatch, plan: Plan, shard_idx: int, columns: list[st
         arrays.append(batch.column(BAD_ROW_COLUMN))
         names.append(BAD_ROW_COLUMN)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _constant(value: str | None, target: pa.DataType, n: int) -> pa.Array:
+    """A column holding one hive value, built from buffers: pa.scalar/pa.array
+    would import pandas (0.3 s) just to check the value's type."""
+    if value is None:
+        return pa.nulls(n, target)
+    if pa.types.is_integer(target):
+        return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.full(n, int(value), np.int64))]).cast(target)
+    data = value.encode()
+    dictionary = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(np.array([0, len(data)], np.int32)), pa.py_buffer(data)]
+    )
+    indices = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(np.zeros(n, np.int32))])
+    return pa.DictionaryArray.from_arrays(indices, dictionary).cast(target)
 
 
 def _polars_message(exc: BaseException) -> str:
