@@ -391,11 +391,12 @@ def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> 
                     total = _numpy(values).sum()
             if total is not None and np.isfinite(total):
                 continue
-        mask = np.zeros(batch.num_rows, dtype=bool)
-        why = None
+        # Each row gets the reason for what it holds (a null, or NaN/infinity).
+        found: list[tuple[np.ndarray, str]] = []
+        nulls = None
         if col.null_count:
-            mask |= col.is_null().to_numpy(zero_copy_only=False)
-            why = f"null in column {name!r}"
+            nulls = col.is_null().to_numpy(zero_copy_only=False)
+            found.append((nulls, f"null in column {name!r}"))
         if values is not col:  # lists: a null or non-finite value anywhere in a row's list
             inner = values.is_null()
             if check_nan:
@@ -407,21 +408,24 @@ def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> 
                 while _is_list(level.type):
                     top = top[pc.list_parent_indices(level).to_numpy()]
                     level = level.flatten()
-                mask[np.unique(top[inner.to_numpy(zero_copy_only=False)])] = True
-                why = why or f"null, NaN or infinity inside column {name!r}"
+                inside = np.zeros(batch.num_rows, dtype=bool)
+                inside[np.unique(top[inner.to_numpy(zero_copy_only=False)])] = True
+                found.append((inside, f"null, NaN or infinity inside column {name!r}"))
         elif check_nan:
             nonfinite = pc.invert(pc.fill_null(pc.is_finite(col), True)).to_numpy(zero_copy_only=False)
+            if nulls is not None:
+                nonfinite &= ~nulls
             if nonfinite.any():
-                mask |= nonfinite
-                why = f"NaN or infinity in column {name!r}" if why is None else f"null, NaN or infinity in column {name!r}"
-        if not mask.any():
-            continue
-        if bad is None:
-            bad = np.zeros(batch.num_rows, dtype=bool)
-            reasons = np.empty(batch.num_rows, dtype=object)
-        new = mask & ~bad
-        reasons[new] = why
-        bad |= mask
+                found.append((nonfinite, f"NaN or infinity in column {name!r}"))
+        for mask, why in found:
+            if not mask.any():
+                continue
+            if bad is None:
+                bad = np.zeros(batch.num_rows, dtype=bool)
+                reasons = np.empty(batch.num_rows, dtype=object)
+            new = mask & ~bad
+            reasons[new] = why
+            bad |= mask
     if bad is None:
         return None
     idx = np.flatnonzero(bad)

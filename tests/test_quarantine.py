@@ -121,8 +121,6 @@ def test_quarantine_reasons_for_model_outputs(cli, models, data):
     assert sorted(read_output("out").column("id").to_pylist()) == [0, 1, 3, 4]
 
 
-@pytest.mark.xfail(reason="BUG: when a column has both nulls and NaN in one read batch, every bad row's "
-                   "reason says 'null, NaN or infinity' instead of what that row holds", strict=True)
 def test_each_row_gets_its_own_reason_when_a_column_mixes_null_and_nan(cli, model, data):
     t = poisoned(data, 4, 0, "f1", {1: None, 2: NAN})
     path = data.write("a.parquet", t)
