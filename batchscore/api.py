@@ -230,6 +230,7 @@ def _make_sink(dest: str, plan, schema, table: str | None):
         table=table,
         upsert_key=tuple(job.upsert_key or ()) if schema is plan.output_schema else (),
         publish=job.publish,
+        locked=not job.no_lock,
     )
 
 

@@ -298,10 +298,6 @@ def test_an_append_to_sqlite_waits_for_another_writer(cli, scored, data):
     assert sorted(ids) == list(range(len(table))) + list(range(10_000, 10_100))
 
 
-@pytest.mark.xfail(reason="BUG: parallel --no-lock appends to one Parquet directory are unsafe: the second "
-                   "run's tidy-up deletes the first's temporary files (it fails, exit 1), and each run rewrites "
-                   "the manifest from its own copy, so the other's shards go unrecorded (and the next append or "
-                   "--resume deletes them as left by a killed run)", strict=True)
 def test_parallel_appends_to_a_parquet_directory_with_no_lock_lose_nothing(cli, slow, data):
     folder, table, model = slow
     more = _second_input(data)

@@ -44,8 +44,11 @@ class Sink(ABC):
         table: str | None = None,
         upsert_key: tuple[str, ...] = (),
         publish: str | None = None,
+        locked: bool = True,
     ):
         self.dest = dest
+        #: False with --no-lock: other runs may be writing here at the same time.
+        self.locked = locked
         #: Columns that come from hive-style folders (a file sink keeps them in the path).
         self.partition_columns = tuple(partition_columns)
         self.schema = schema

@@ -275,6 +275,8 @@ class Sink(BaseSink):
             os.remove(os.path.join(root, SUCCESS))
         except FileNotFoundError:
             pass
+        if not self.locked:
+            return  # --no-lock: temporary and unrecorded files may be another live run's
         _remove_temp_files(root)
         recorded = set(manifest.get("shards", {}))
         for rel in _data_files(root):
@@ -334,7 +336,29 @@ class Sink(BaseSink):
         return set(resume.done)
 
     def _save_manifest(self) -> None:
-        _atomic_write_text(os.path.join(self.root, MANIFEST), json.dumps(self._manifest, indent=1))
+        """Write the manifest, merged with what other runs recorded meanwhile
+        (--no-lock appends): read, merge and replace under an flock."""
+        import fcntl
+
+        path = os.path.join(self.root, MANIFEST)
+        guard = os.open(self.root, os.O_RDONLY)  # flock the directory itself: no extra file
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                on_disk = load_manifest(self.root) if os.path.exists(path) else None
+            except Exception:  # noqa: BLE001 - an unreadable manifest: ours is the record
+                on_disk = None
+            if on_disk and on_disk is not self._manifest:
+                shards = dict(on_disk.get("shards", {}))
+                shards.update(self._manifest.get("shards", {}))
+                self._manifest["shards"] = shards
+                mine = {r.get("run_id") for r in self._manifest.get("runs", [])}
+                others = [r for r in on_disk.get("runs", []) if r.get("run_id") not in mine]
+                if others:
+                    self._manifest["runs"] = others + list(self._manifest.get("runs", []))
+            _atomic_write_text(path, json.dumps(self._manifest, indent=1))
+        finally:
+            os.close(guard)  # releases the flock
 
     def _file_for(self, shard: "Shard") -> str:
         """The shard's file: its output name, unless another run's file has it (append)."""
