@@ -63,13 +63,13 @@ def expand_patterns(patterns: Sequence[str], names: Sequence[str], flag: str) ->
     """Match comma-list entries (exact names or shell patterns) in schema order."""
     out: list[str] = []
     missing: list[str] = []
-    for pat in patterns:
-        if any(ch in pat for ch in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         else:
-            hits = [pat] if pat in names else []
+            hits = [pattern] if pattern in names else []
         if not hits:
-            missing.append(pat)
+            missing.append(pattern)
         for h in hits:
             if h not in out:
                 out.append(h)

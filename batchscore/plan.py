@@ -163,7 +163,6 @@ def _unify(readers: list[ShardReader], hive: dict[str, pa.DataType], tolerant: "
     with_schema = [r for r in readers if r.schema is not None]
     if not with_schema:
         return None, []
-    first = with_schema[0]
     fields: dict[str, pa.Field] = {}
     where_from: dict[str, str] = {}
     for r in with_schema:

@@ -57,3 +57,18 @@ def scored(data, model):
     """A standard run's inputs: 3 Parquet shards (5, 0 and 8 rows) and the default model."""
     folder, table = data.shards("shards", [5, 0, 8])
     return folder, table, model
+
+
+@pytest.fixture
+def fake_hardware(monkeypatch):
+    """Pretend about GPUs and onnxruntime's providers: ``fake_hardware(gpus=..., cuda=True)``."""
+    import onnxruntime as ort
+
+    from batchscore import devices
+
+    def set_(gpus=(), cuda=False):
+        monkeypatch.setattr(devices, "nvidia_gpus", lambda: tuple(gpus))
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+
+    return set_

@@ -20,16 +20,6 @@ NO_GPU = "no NVIDIA GPU found (nvidia-smi is missing or lists none)"
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-@pytest.fixture
-def fake_hardware(monkeypatch):
-    """Pretend about GPUs and onnxruntime's providers (and forget cached answers)."""
-
-    def set_(gpus=(), cuda=False):
-        monkeypatch.setattr(devices, "nvidia_gpus", lambda: tuple(gpus))
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
-
-    return set_
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine's onnxruntime has CUDA")

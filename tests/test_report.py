@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 
-import pytest
 
 import batchscore
 from batchscore.report import RunSummary

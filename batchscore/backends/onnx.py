@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..errors import DeviceError, ModelError
 from . import Backend, Device, TensorSpec
 

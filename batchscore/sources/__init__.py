@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob as globmod
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 

@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import json
 
-import onnxruntime as ort
-import pytest
-
-from batchscore import devices
 from batchscore.devices import Gpu, cpu_count, survey
 
 
-@pytest.fixture
-def fake_hardware(monkeypatch):
-    """Pretend about GPUs and onnxruntime's providers."""
-
-    def set_(gpus=(), cuda=False):
-        monkeypatch.setattr(devices, "nvidia_gpus", lambda: tuple(gpus))
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
-
-    return set_
 
 
 def test_devices_lists_this_machines_cpu_and_backends(cli):
