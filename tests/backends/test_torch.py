@@ -12,7 +12,7 @@ import pytest
 
 import batchscore
 from batchscore.backends import Device, pick_backend
-from batchscore.errors import DeviceError, ModelError, UsageError
+from batchscore.errors import DeviceError, ModelError
 from tests.backends.conftest import IMAGE, images_of
 
 torch = pytest.importorskip("torch")
