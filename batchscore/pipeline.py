@@ -380,6 +380,9 @@ def run_pipeline(
                 f"{live['bad']} bad rows, more than --max-errors {job.max_errors}: "
                 "fix the data, or raise the limit; the run stopped here"
             )
+        if job.max_error_rate is not None:
+            # Summed only when a rate is asked for: it walks every shard's counters.
+            live["read"] = sum(x.read for x in stats)
         if job.max_error_rate is not None and live["read"] and live["bad"] / live["read"] > job.max_error_rate:
             raise TooManyErrors(
                 f"{live['bad']} of {live['read']} rows read were bad ({live['bad'] / live['read']:.2%}), "
@@ -444,7 +447,6 @@ def run_pipeline(
                         if not emit(*item):
                             return
                     continue
-                live["read"] = sum(x.read for x in stats)
                 unparsed = None
                 if batch.schema.get_field_index(BAD_ROW_COLUMN) >= 0:
                     unparsed = batch.column(BAD_ROW_COLUMN)
