@@ -181,8 +181,9 @@ def _run_once(job: Job, *, console: bool = False) -> RunSummary:
                 open_sink.abort()
         if lock is not None:
             lock.release()
-        if plan is not None and plan.backend is not None:
-            plan.backend.close()
+        if plan is not None:
+            for loaded in plan.replicas[1:] + ([plan.backend] if plan.backend is not None else []):
+                loaded.close()
         if summary.finished_at is None:
             summary.finish()
         if job.report:
@@ -198,6 +199,7 @@ def _fill_summary(summary: RunSummary, plan) -> None:
     summary.model = job.model
     summary.model_sha256 = plan.model_sha256
     summary.backend = plan.backend.name if plan.backend else None
+    summary.replicas = [str(b.device) for b in plan.replicas]
     summary.device = str(plan.device) if plan.device else None
     summary.threads = plan.threads
     summary.output = plan.output

@@ -95,7 +95,7 @@ def resolve_device(requested: str, backend: "type[Backend]") -> "Device":
     if kind == "cuda":
         kind = "gpu"
     if kind == "auto":
-        if "cuda" in backend.device_kinds and backend.gpu_problem() is None:
+        if "cuda" in backend.device_kinds and nvidia_gpus() and backend.gpu_problem() is None:
             gpu = nvidia_gpus()[0]
             return Device("cuda", 0, f"{gpu.name} (picked by --device auto)")
         return Device("cpu", None, f"{cpu_count()} CPU cores (picked by --device auto)")

@@ -23,7 +23,7 @@ INPUT_FORMATS = ("auto", "parquet", "csv", "ndjson", "ipc")
 LOG_FORMATS = ("text", "json")
 ON_ERROR = ("fail", "skip", "quarantine")
 DEFAULT_CONFIG = "batchscore.toml"
-_DEVICE_RE = re.compile(r"^(auto|cpu|gpu(:(\d+|all))?|cuda(:\d+)?|tpu|mps)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|gpu(:(\d+|all))?|cuda(:(\d+|all))?|tpu|mps)$")
 
 
 @dataclass
@@ -39,8 +39,9 @@ class Job:
     backend: str | None = None
     trust_model: bool = False  # allow model formats that run code when loaded (pickles)
     precision: str | None = None  # fp32, fp16, bf16 where the backend and device support it
+    trt: bool = False  # ONNX on a GPU: TensorRT execution provider first (CUDA as fallback)
     where: str | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # rows per batch, or "auto" (probe the device)
     prefetch: int = 4
     threads: int | None = None
     report: str | None = None
@@ -76,10 +77,19 @@ class Job:
             "precision": self.precision,
             "batch_size": self.batch_size,
             "threads_explicit": self.threads is not None,
+            "trt": self.trt,
         }
 
     def validate(self) -> "Job":
-        if self.batch_size is not None and self.batch_size < 1:
+        if isinstance(self.batch_size, str):
+            text = self.batch_size.strip().lower()
+            if text == "auto":
+                self.batch_size = "auto"
+            elif text.isdigit():
+                self.batch_size = int(text)
+            else:
+                raise UsageError(f"--batch-size must be a number of rows or 'auto', got {self.batch_size!r}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.prefetch < 1:
             raise UsageError(f"--prefetch must be at least 1, got {self.prefetch}")
@@ -127,9 +137,9 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
 FIELD_NAMES = tuple(f.name for f in fields(Job))
 _LIST_FIELDS = {"inputs", "features", "keep", "upsert_key"}
-_INT_FIELDS = {"batch_size", "prefetch", "threads", "max_errors", "retries"}
+_INT_FIELDS = {"prefetch", "threads", "max_errors", "retries"}
 _FLOAT_FIELDS = {"max_error_rate", "timeout"}
-_BOOL_FIELDS = {"quiet", "dry_run", "allow_empty", "trust_model", "allow_nan", "no_lock"}
+_BOOL_FIELDS = {"quiet", "dry_run", "allow_empty", "trust_model", "trt", "allow_nan", "no_lock"}
 _PATH_FIELDS = {"model", "output", "report", "quarantine"}
 _NOT_CONFIGURABLE = {"dry_run", "config_path"}
 # Shorthands accepted in TOML and the environment, as on the command line.
@@ -158,6 +168,12 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if not isinstance(value, (str, list)):
                 raise TypeError
             return split_list(value)
+        if name == "batch_size":  # rows, or "auto"
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise TypeError
+            if isinstance(value, str) and value.strip().lower() != "auto":
+                return int(value)
+            return value if isinstance(value, int) else "auto"
         if name in _INT_FIELDS:
             if isinstance(value, bool):
                 raise TypeError

@@ -28,6 +28,7 @@ from .errors import BatchscoreError, DataError, InputError, Interrupted, SchemaE
 from .features import build_feeds, find_bad_rows
 from .outputs import to_arrow
 from .plan import Plan
+from .runner import ModelRunner, map_in_order
 from .report import NullProgress, RunSummary
 from .sinks import Sink
 from .sources import BAD_ROW_COLUMN
@@ -574,27 +575,32 @@ def run_pipeline(
     reader.start()
     writer.start()
     main_cpu0 = time.thread_time()
-    try:
-        backend = plan.backend
+    runner = ModelRunner(plan.replicas or [plan.backend], fixed_batch=fixed, watchdog=watchdog)
+
+    def items() -> Iterator[WorkItem]:
         while True:
             item = _get(in_q, stop, stages)
             if item is _DONE:
-                break
-            preds = None
-            if item.rows:
-                segs = [(plan.shards[s].path, b) for s, b in item.parts]
-                item.feeds = build_feeds(plan.features, segs, item.rows, fixed if fixed and item.rows < fixed else None)
-                t0 = time.perf_counter()
-                watchdog.enter("model", f"the model call on batch {summary.batches + 1}")
-                preds = backend.predict(item.feeds)
-                watchdog.leave("model")
-                summary.record_latency(time.perf_counter() - t0)
+                return
+            yield item
+
+    def feeds_of(item: WorkItem):
+        if not item.rows:
+            return None, 0
+        segs = [(plan.shards[s].path, b) for s, b in item.parts]
+        feeds = build_feeds(plan.features, segs, item.rows, fixed if fixed and item.rows < fixed else None)
+        return feeds, (fixed if fixed and item.rows < fixed else item.rows)
+
+    try:
+        for item, preds, seconds in map_in_order(runner, items(), feeds_of):
+            if preds is not None:
+                summary.record_latency(seconds)
                 summary.batches += 1
-                item.feeds = None
                 item.bad_outputs = _nonfinite_outputs(preds, item.rows, plan, on_error)
             if not _put(out_q, (item, preds), stop):
                 break
-        _put(out_q, _DONE, stop)
+        else:
+            _put(out_q, _DONE, stop)
         while writer.is_alive():
             writer.join(0.1)
     except KeyboardInterrupt:
@@ -612,6 +618,12 @@ def run_pipeline(
         _join(stages)
         raise
     finally:
+        runner.close()
+        summary.model_calls = runner.calls
+        summary.oom_events = runner.oom_events
+        summary.rows_per_call_after_oom = runner.max_rows
+        if runner.oom_events:
+            summary.warnings.append(runner.describe_backoff())
         if isinstance(watchdog, _Watchdog):
             watchdog.done.set()  # never fire after the run is over (the API's caller lives on)
     _join(stages)

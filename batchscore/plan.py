@@ -36,6 +36,8 @@ class Plan:
     schema: pa.Schema | None = None  # the dataset's columns (hive columns included)
     hive_types: dict[str, pa.DataType] = field(default_factory=dict)
     backend: Backend | None = None
+    #: --device gpu:all: one loaded backend per GPU (the first is ``backend``); else empty.
+    replicas: list[Backend] = field(default_factory=list)
     device: Device | None = None
     threads: int = 1
     model_sha256: str | None = None
@@ -46,6 +48,7 @@ class Plan:
     output_schema: pa.Schema | None = None
     batch_size: int = 0
     batch_size_source: str = ""
+    batch_probe: Any = None  # --batch-size auto: what the probe tried (autobatch.Probe)
     output: str = ""
     where: Any = None  # a polars expression
     rows_total: int | None = None
@@ -248,6 +251,18 @@ def _probe_outputs(backend: Backend, plan: Plan) -> dict[str, tuple[str, tuple[i
     return shapes
 
 
+def _replicas(backend_cls: type[Backend], plan: Plan) -> list[Backend]:
+    """--device gpu:all: the loaded backend on GPU 0 plus one more per visible GPU."""
+    from .devices import nvidia_gpus
+
+    out = [plan.backend]
+    for gpu in nvidia_gpus()[1:]:
+        device = backend_cls.resolve_device(f"gpu:{gpu.index}")
+        out.append(backend_cls(plan.job.model, device, threads=plan.threads, options=plan.job.backend_options()))
+    plan.device.description = f"{len(out)} GPU(s), one model replica each"
+    return out
+
+
 def make_plan(job: Job) -> Plan:
     """Everything about a run that can be decided before reading rows."""
     run_id = job.run_id or new_run_id()
@@ -281,6 +296,8 @@ def make_plan(job: Job) -> Plan:
     plan.threads = job.threads or cpu_count()
     plan.model_sha256 = file_sha256(job.model)
     plan.backend = backend_cls(job.model, plan.device, threads=plan.threads, options=job.backend_options())
+    if job.device in ("gpu:all", "cuda:all"):
+        plan.replicas = _replicas(backend_cls, plan)
     if job.device == "auto":
         log.info(f"device: {plan.device} ({plan.device.description})")
 
@@ -336,9 +353,13 @@ def make_plan(job: Job) -> Plan:
     # Batch size: a fixed model batch wins; else the flag; else the backend's default.
     fixed = plan.features.fixed_batch
     if fixed:
-        if job.batch_size and job.batch_size != fixed:
+        if job.batch_size and job.batch_size != "auto" and job.batch_size != fixed:
             plan.warnings.append(f"--batch-size {job.batch_size} ignored: the model's batch dimension is fixed at {fixed}")
         plan.batch_size, plan.batch_size_source = fixed, "fixed by the model"
+    elif job.batch_size == "auto":
+        from .autobatch import choose_batch_size
+
+        plan.batch_size, plan.batch_size_source = choose_batch_size(plan, readers)
     elif job.batch_size:
         plan.batch_size, plan.batch_size_source = job.batch_size, "--batch-size"
     else:

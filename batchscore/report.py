@@ -82,6 +82,14 @@ class RunSummary:
     shards_failed: list[dict[str, Any]] = field(default_factory=list)
     quarantine: str | None = None
     batches: int = 0
+    #: Model calls: one a batch, more when a batch was split after running out of memory.
+    model_calls: int = 0
+    #: Times the device ran out of memory (each time the batch was halved and retried).
+    oom_events: int = 0
+    #: After an out-of-memory error, the most rows one model call took.
+    rows_per_call_after_oom: int | None = None
+    #: Model replicas (``--device gpu:all``: one per GPU) and their devices.
+    replicas: list[str] = field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
     wall_seconds: float | None = None
@@ -142,6 +150,9 @@ class RunSummary:
             out.append(("rows quarantined", f"{self.rows_quarantined:,} -> {self.quarantine}"))
         if self.shards_failed:
             out.append(("shards failed", f"{len(self.shards_failed)} (see the report)"))
+        if self.oom_events:
+            out.append(("out of memory", f"{self.oom_events} time(s): batches split and retried, "
+                        f"then {self.rows_per_call_after_oom:,} rows a call"))
         if self.shards_skipped:
             out.append(("shards already committed", f"{self.shards_skipped} (skipped by --resume)"))
         out += [
@@ -151,7 +162,8 @@ class RunSummary:
             ("batch latency p50/p95/p99",
              f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms" if lat else "-"),
             ("batches", f"{self.batches:,} of {self.batch_size:,} rows ({self.batch_size_source})" if self.batch_size else "-"),
-            ("device", f"{self.device} ({self.backend}, {self.threads} threads)"),
+            ("device", f"{self.device} ({self.backend}, {self.threads} threads)"
+             + (f", {len(self.replicas)} replicas: {', '.join(self.replicas)}" if len(self.replicas) > 1 else "")),
             ("features", f"{', '.join(c for cols in self.features.values() for c in cols)} ({self.features_chosen_by})"),
             ("output", self.output or "-"),
             ("run id", self.run_id),

@@ -113,8 +113,33 @@ class Backend(ABC):
     def predict(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run one batch. Inputs and outputs are numpy arrays keyed by name."""
 
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by :meth:`predict`) means the device ran out of
+        memory. The pipeline then splits the batch in half and retries it, and
+        keeps the smaller size for the rest of the run. Backends may override;
+        the default knows the messages of the common runtimes."""
+        return looks_like_out_of_memory(exc)
+
     def close(self) -> None:
         """Release the model."""
+
+
+_OOM_MARKERS = (
+    "out of memory",  # torch.cuda.OutOfMemoryError, CUDA runtime, many others
+    "resource_exhausted",  # XLA / JAX
+    "failed to allocate memory",  # onnxruntime BFCArena (CUDA)
+    "smaller than requested bytes",  # onnxruntime BFCArena at its limit ("Available memory of 0 is ...")
+    "alloc_failed",  # CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED
+    "cudaerrormemoryallocation",
+)
+
+
+def looks_like_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception from a model runtime says the device ran out of memory."""
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
+        return True
+    text = str(exc).lower().replace(" ", "")
+    return any(m.replace(" ", "") in text for m in _OOM_MARKERS)
 
 
 def _entry_points() -> dict[str, str]:
