@@ -64,8 +64,10 @@ def make_workload(root: Path, rows: int, shards: int = 4) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     data = root / "data"
-    paths = {"data": str(data), "torch": str(root / "net.pt"), "onnx": str(root / "net.onnx")}
+    paths = {"data": str(data), "parquet": str(data), "ipc": str(root / "ipc"),
+             "torch": str(root / "net.pt"), "onnx": str(root / "net.onnx")}
     if (root / "done").exists():
+        _ipc_copy(data, root / "ipc")
         return paths
     data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -89,8 +91,23 @@ def make_workload(root: Path, rows: int, shards: int = 4) -> dict[str, str]:
         torch.onnx.export(net, (example,), paths["onnx"], dynamo=False, **kw)
     except TypeError:  # an older torch without the dynamo switch
         torch.onnx.export(net, (example,), paths["onnx"], **kw)
+    _ipc_copy(data, root / "ipc")
     (root / "done").write_text("ok")
     return paths
+
+
+def _ipc_copy(data: Path, ipc: Path) -> None:
+    """The same shards as uncompressed Arrow IPC files (read by memory map, no decoding)."""
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    if (ipc / "done").exists():
+        return
+    ipc.mkdir(parents=True, exist_ok=True)
+    for part in sorted(data.glob("*.parquet")):
+        feather.write_feather(pq.read_table(part), ipc / part.with_suffix(".arrow").name,
+                              compression="uncompressed", chunksize=1024)
+    (ipc / "done").write_text("ok")
 
 
 def _busy_jiffies() -> float:
@@ -161,9 +178,9 @@ def run_loop(backend: str, paths: dict, batch: int, threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Path) -> dict:
+def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Path, fmt: str = "parquet") -> dict:
     report = work / f"report-{backend}.json"
-    cmd = ["batchscore", "run", paths["data"], "--model", paths[backend], "--output", str(work / f"out-{backend}"),
+    cmd = ["batchscore", "run", paths[fmt], "--model", paths[backend], "--output", str(work / f"out-{backend}"),
            "--keep", "id", "--if-exists", "replace", "--quiet", "--device", "cpu", "--batch-size", str(batch),
            "--threads", str(threads), "--report", str(report)]
     import resource
@@ -185,6 +202,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="torch,onnx")
+    ap.add_argument("--formats", default="parquet,ipc", help="input formats batchscore reads (the loop's data is in memory)")
     ap.add_argument("--quiet-wait", type=float, default=30, help="before each run wait up to this many s for the machine to go quiet")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write results/")
     ap.add_argument("--child")
@@ -204,19 +222,20 @@ def main() -> None:
     work = Path("/tmp/bench/runs-backends")
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"rows": args.rows, "batch_size": args.batch_size, "threads": threads, "runs": {}}
+    kinds = ["loop"] + [f"batchscore-{f}" for f in args.formats.split(",")]
     for backend in args.only.split(","):
-        for kind in ("loop", "batchscore"):
+        for kind in kinds:
             results["runs"][f"{backend}/{kind}"] = []
     for i in range(args.repeat):
         for backend in args.only.split(","):
             # Alternate the two so a change in the machine's load hits both alike.
-            for kind in ("loop", "batchscore"):
+            for kind in kinds:
                 busy = wait_for_quiet(args.quiet_wait)
                 load = os.getloadavg()[0]
                 if kind == "loop":
                     r = run_loop(backend, paths, args.batch_size, threads)
                 else:
-                    r = run_batchscore(backend, paths, args.batch_size, threads, work)
+                    r = run_batchscore(backend, paths, args.batch_size, threads, work, kind.split("-", 1)[1])
                 r["load_before"] = load
                 r["busy_cores_before"] = busy
                 r["load_after"] = os.getloadavg()[0]
@@ -232,21 +251,25 @@ def main() -> None:
         f"{threads} threads, CPU only; median of {args.repeat}. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; 1-min load average before/after each run is in the JSON.",
         "",
-        "| backend | tight loop (s) | batchscore run (s) | ratio | scoring only (s) | ratio | CPU s loop / batchscore |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | batchscore reads | tight loop (s) | batchscore run (s) | ratio | scoring only (s) | ratio | CPU s loop / batchscore |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary = {}
     for backend in args.only.split(","):
         loop = statistics.median(r["seconds"] for r in results["runs"][f"{backend}/loop"])
-        bs = statistics.median(r["seconds"] for r in results["runs"][f"{backend}/batchscore"])
-        inner = statistics.median(r["run_seconds"] or r["seconds"] for r in results["runs"][f"{backend}/batchscore"])
         cl = statistics.median(r["cpu_seconds"] for r in results["runs"][f"{backend}/loop"])
-        cb = statistics.median(r["cpu_seconds"] for r in results["runs"][f"{backend}/batchscore"])
-        summary[backend] = {"loop": loop, "batchscore": bs, "batchscore_run": inner, "ratio": bs / loop,
-                            "ratio_run": inner / loop, "cpu_loop": cl, "cpu_batchscore": cb}
-        lines.append(f"| {backend} | {loop:.2f} | {bs:.2f} | {bs / loop:.2f}× | {inner:.2f} | {inner / loop:.2f}× | {cl:.1f} / {cb:.1f} |")
+        for kind in kinds[1:]:
+            runs = results["runs"][f"{backend}/{kind}"]
+            fmt = kind.split("-", 1)[1]
+            bs = statistics.median(r["seconds"] for r in runs)
+            inner = statistics.median(r["run_seconds"] or r["seconds"] for r in runs)
+            cb = statistics.median(r["cpu_seconds"] for r in runs)
+            summary[f"{backend}/{fmt}"] = {"loop": loop, "batchscore": bs, "batchscore_run": inner, "ratio": bs / loop,
+                                           "ratio_run": inner / loop, "cpu_loop": cl, "cpu_batchscore": cb}
+            lines.append(f"| {backend} | {fmt} | {loop:.2f} | {bs:.2f} | {bs / loop:.2f}× | {inner:.2f} | "
+                         f"{inner / loop:.2f}× | {cl:.1f} / {cb:.1f} |")
     lines += ["", "The loop times only the model calls (data already in memory, model loaded); "
-              "`batchscore run` is the whole subprocess (start-up, model load, Parquet read and write); "
+              "`batchscore run` is the whole subprocess (start-up, model load, reading: Parquet decoded, IPC memory-mapped; writing); "
               "'scoring only' is the run's own wall_seconds from --report. CPU seconds: the loop's measured region; "
               "batchscore's whole process (start-up, reading, writing included).",
               "Other benchmarks shared this 2-core machine: each run waited up to --quiet-wait s for it to go quiet; "

@@ -338,6 +338,11 @@ class TorchBackend(Backend):
         raw = self._call([self._torch.from_numpy(np.asarray(feeds[s.name])) for s in self.inputs] if self.tdevice.type == "cpu" else self._to_tensors(feeds))
         return {n: self._numpy(t) for n, t in zip(self._out_names, self._flatten(raw))}
 
+    def release_memory(self) -> None:
+        """After an out-of-memory error: hand cached CUDA blocks back before the retry."""
+        if self.tdevice.type == "cuda":
+            self._torch.cuda.empty_cache()
+
     def close(self) -> None:
         self.module = None
         self._cuda = None
