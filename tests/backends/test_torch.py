@@ -184,3 +184,26 @@ def test_cuda_out_of_memory_halves_the_chunk_without_losing_rows(torch_models, m
     got = backend.predict({"image": x})["output"]
     np.testing.assert_allclose(got, eager(net, x), rtol=1e-4, atol=1e-4)
     assert backend._cuda.oom_rows == 2
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build of PyTorch")
+def test_cuda_gpu_all_replicas_equal_eager(torch_models, image_shards):
+    net, paths = torch_models
+    folder, table = image_shards
+    summary = batchscore.score(folder, paths["script"], "out.parquet", device="gpu:all", keep="id",
+                               batch_size=3, quiet=True)
+    assert summary.replicas == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    got = np.asarray(pq.read_table("out.parquet").column("output").combine_chunks().flatten()).reshape(-1, 4)
+    assert pq.read_table("out.parquet").column("id").to_pylist() == table.column("id").to_pylist()
+    np.testing.assert_allclose(got, eager(net, images_of(table)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build of PyTorch")
+def test_cuda_batch_size_auto_probes_the_gpu(torch_models, image_shards):
+    net, paths = torch_models
+    folder, table = image_shards
+    summary = batchscore.score(folder, paths["script"], "out.parquet", device="gpu", keep="id",
+                               batch_size="auto", quiet=True)
+    assert summary.batch_size_source.startswith("auto:") and summary.batch_size >= 1
+    got = np.asarray(pq.read_table("out.parquet").column("output").combine_chunks().flatten()).reshape(-1, 4)
+    np.testing.assert_allclose(got, eager(net, images_of(table)), rtol=1e-4, atol=1e-4)
