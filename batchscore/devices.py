@@ -186,6 +186,6 @@ def survey() -> dict:
     if gpus and "cuda" not in onnx.get("usable", []):
         out["warnings"].append(
             "a GPU is present but onnxruntime has no CUDA provider: the CPU build shadows onnxruntime-gpu; "
-            "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]'"
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
         )
     return out

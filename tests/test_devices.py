@@ -14,7 +14,7 @@ from batchscore.errors import DeviceError
 
 NO_CUDA = (
     "onnxruntime has no CUDA support (CUDAExecutionProvider missing: "
-    "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]')"
+    "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)"
 )
 NO_GPU = "no NVIDIA GPU found (nvidia-smi is missing or lists none)"
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -55,7 +55,7 @@ def _import_ort():
     except ImportError:  # pragma: no cover - a core dependency
         from ..errors import MissingDependencyError
 
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or 'batchscore[gpu]')") from None
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
     return ort
 
 
@@ -361,7 +361,7 @@ class OnnxBackend(Backend):
         if not cuda_provider_available(ort):
             missing = (
                 "onnxruntime has no CUDA support (CUDAExecutionProvider missing: "
-                "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]')"
+                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)"
             )
             return f"{base} and {missing}" if base else missing
         return base

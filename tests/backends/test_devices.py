@@ -34,7 +34,7 @@ def test_a_gpu_without_the_cuda_provider_is_warned_about(cli, fake_hardware):
     assert "gpu:0: NVIDIA H100 80GB HBM3, 80 GiB" in res.stdout.splitlines()
     assert res.stdout.splitlines()[-1] == (
         "warning: a GPU is present but onnxruntime has no CUDA provider: the CPU build shadows onnxruntime-gpu; "
-        "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]'"
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
     )
 
 

@@ -29,7 +29,7 @@ REAL_SESSION = ort.InferenceSession
 CUDA_OPTS = {"cudnn_conv_algo_search": "HEURISTIC"}
 NO_CUDA = (
     "onnxruntime has no CUDA support (CUDAExecutionProvider missing: "
-    "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]')"
+    "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)"
 )
 
 
@@ -487,12 +487,12 @@ def test_a_gpu_with_the_cpu_build_exits_2_and_devices_warns(cli, scored, fake_ha
     fake_hardware(gpus=[Gpu(0, "NVIDIA H100 80GB HBM3", 81559)], cuda=False)
     msg = cli.fails(folder, "--model", model, "--device", "gpu", "--output", "out", code=2)
     assert msg == f"--device gpu: {NO_CUDA}; use --device cpu or auto"
-    assert "'batchscore[gpu]'" in msg and "pip uninstall -y onnxruntime" in msg
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in msg
     res = cli("devices")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.splitlines()[-1] == (
         "warning: a GPU is present but onnxruntime has no CUDA provider: the CPU build shadows onnxruntime-gpu; "
-        "pip uninstall -y onnxruntime && pip install 'batchscore[gpu]'"
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
     )
 
 
