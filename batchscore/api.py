@@ -233,6 +233,7 @@ def _make_sink(dest: str, plan, schema, table: str | None):
         upsert_key=tuple(job.upsert_key or ()) if schema is plan.output_schema else (),
         publish=job.publish,
         locked=not job.no_lock,
+        timeout=job.timeout,
     )
 
 

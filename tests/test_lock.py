@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -271,31 +272,136 @@ def _second_input(data) -> str:
     return str(data.root / "more")
 
 
-@pytest.mark.xfail(reason="BUG: a SQLite output whose database another process is writing fails at once "
-                   "(exit 4, 'waited 60 s' though it did not wait): the sink reads before it writes in a "
-                   "deferred transaction, and SQLite never calls the busy handler for that lock upgrade", strict=True)
+#: Another process (a parallel --no-lock run, or anything else) holding a write transaction on the
+#: SQLite file argv[1] from "go" (or at once) until its stdin closes.
+HOLDER = (
+    "import sqlite3, sys\n"
+    "if len(sys.argv) > 2: sys.stdin.readline()\n"
+    "con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
+    "con.execute('BEGIN IMMEDIATE'); con.execute('CREATE TABLE other (x)')\n"
+    "print('holding', flush=True); sys.stdin.read(); con.execute('COMMIT')\n"
+)
+
+
+def hold_sqlite(path: str) -> subprocess.Popen:
+    """A process holding the write lock of ``path`` (taken when this returns) until its stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def release(holder: subprocess.Popen) -> None:
+    """Let the holder commit; its commit must succeed (the waiting run held no lock in its way)."""
+    holder.stdin.close()
+    assert holder.wait(30) == 0
+    con = sqlite3.connect("scores.db")
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'other'").fetchone() == (1,)
+    con.close()
+
+
+def sqlite_ids(path: str = "scores.db", table: str = "preds") -> list[int]:
+    con = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in con.execute(f'SELECT id FROM "{table}"'))
+    finally:
+        con.close()
+
+
 def test_an_append_to_sqlite_waits_for_another_writer(cli, scored, data):
     folder, table, model = scored
     url = "sqlite:///scores.db"
     assert cli("run", _second_input(data), "--model", model, "--output", url, "--table", "preds").exit_code == 0
-    # Another process (a parallel --no-lock run, or anything else) holds a write transaction for 1.5 s.
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, time\n"
-        "con = sqlite3.connect('scores.db', isolation_level=None)\n"
-        "con.execute('BEGIN IMMEDIATE'); con.execute('CREATE TABLE other (x)')\n"
-        "print('holding', flush=True); time.sleep(1.5); con.execute('COMMIT')\n"
-    )], stdout=subprocess.PIPE, text=True)
+    holder = hold_sqlite("scores.db")
+    timer = threading.Timer(1.5, holder.stdin.close)  # the other writer commits 1.5 s from now
+    t0 = time.monotonic()
+    timer.start()
     try:
-        assert writer.stdout.readline() == "holding\n"
         res = cli("run", folder, "--model", model, "--output", url, "--table", "preds", "--if-exists", "append",
                   "--no-lock")
+        waited = time.monotonic() - t0
     finally:
-        writer.wait(30)
+        timer.join()
+        assert holder.wait(30) == 0  # its commit went through: the waiting run held no lock in its way
     assert res.exit_code == 0, res.stderr
+    assert waited >= 1.4  # it could only finish once the other writer had committed
+    assert sqlite_ids() == list(range(len(table))) + list(range(10_000, 10_100))
     con = sqlite3.connect("scores.db")
-    ids = [r[0] for r in con.execute("SELECT id FROM preds")]
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'other'").fetchone() == (1,)
     con.close()
-    assert sorted(ids) == list(range(len(table))) + list(range(10_000, 10_100))
+
+
+def locked_sqlite(wait: str) -> str:
+    return (f"scores.db is locked by another writer (waited {wait} s): retry when it is done, "
+            "or pass a longer --timeout to wait longer")
+
+
+@pytest.mark.parametrize("flags, wait", [([], "1"), (["--timeout", "3"], "2")])
+def test_a_sqlite_writer_that_holds_on_fails_the_run_after_the_wait(cli, scored, data, monkeypatch, flags, wait):
+    """The wait is bounded: 60 s (here patched to 1 s), or --timeout less a second; then exit 4, one line."""
+    import batchscore.sinks.sqlite as sqlite_sink
+
+    monkeypatch.setattr(sqlite_sink, "LOCK_WAIT", 1.0)
+    folder, _, model = scored
+    url = "sqlite:///scores.db"
+    assert cli("run", _second_input(data), "--model", model, "--output", url, "--table", "preds").exit_code == 0
+    holder = hold_sqlite("scores.db")
+    try:
+        t0 = time.monotonic()
+        msg = cli.fails(folder, "--model", model, "--output", url, "--table", "preds", "--if-exists", "append",
+                        "--report", "r.json", *flags, code=4)
+        waited = time.monotonic() - t0
+    finally:
+        release(holder)
+    assert msg == locked_sqlite(wait)
+    assert float(wait) <= waited < float(wait) + 5
+    report = json.load(open("r.json"))
+    assert (report["status"], report["exit_code"], report["error"]) == ("failed", 4, msg)
+    assert sqlite_ids() == list(range(10_000, 10_100))  # nothing of the failed run
+    assert not os.path.exists(lock_path(url))
+
+
+#: ``batchscore run`` whose transaction after the first shard's commit finds the file locked by
+#: another process (the holder, started up front and told to take the lock then): a wait in the
+#: middle of the run, under the --timeout watchdog.
+MID_RUN = r"""
+import subprocess, sys
+import batchscore.sinks.sqlite as sq
+holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], "scores.db", "on-go"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+taken, orig = [], sq.Sink._tx_begin
+def tx_begin(self):
+    if not self._in_tx and self._commits == 1 and not taken:  # the transaction after the first shard's
+        taken.append(1)
+        holder.stdin.write("go\n"); holder.stdin.flush()
+        assert holder.stdout.readline() == "holding\n"
+    orig(self)
+sq.Sink._tx_begin = tx_begin
+from batchscore.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    holder.stdin.close(); holder.wait()
+"""
+
+
+def test_a_lock_wait_in_mid_run_ends_with_exit_4_before_the_watchdog(cli, scored):
+    folder, table, model = scored
+    args = [folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds", "--quiet"]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", MID_RUN, HOLDER, "run", *args, "--timeout", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"batchscore: error: {locked_sqlite('2')}"
+    assert time.monotonic() - t0 >= 2
+    con = sqlite3.connect("scores.db")
+    committed = con.execute("SELECT shard, rows FROM batchscore_shards").fetchall()
+    con.close()
+    assert committed == [("part-000.parquet", 5)]  # the first shard, whole; the rest waits for --resume
+    assert sqlite_ids() == list(range(5))
+    res = cli("run", *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert sqlite_ids() == list(range(len(table)))
 
 
 def test_parallel_appends_to_a_parquet_directory_with_no_lock_lose_nothing(cli, slow, data):

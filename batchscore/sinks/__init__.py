@@ -45,8 +45,12 @@ class Sink(ABC):
         upsert_key: tuple[str, ...] = (),
         publish: str | None = None,
         locked: bool = True,
+        timeout: float | None = None,
     ):
         self.dest = dest
+        #: --timeout: seconds one output write may take (None: no limit). A SQLite
+        #: output waits for another writer's lock for a share of it.
+        self.timeout = timeout
         #: False with --no-lock: other runs may be writing here at the same time.
         self.locked = locked
         #: Columns that come from hive-style folders (a file sink keeps them in the path).

@@ -13,7 +13,7 @@ when the run ends. ``--upsert-key`` sends a shard's rows to a temporary table
 and merges them with ``INSERT ... ON CONFLICT (key) DO UPDATE``.
 
 A dialect module (``sqlite.py``, ``postgres.py``) fills in connecting, SQL
-types, catalogue queries and error messages.
+types, catalogue queries, transactions and error messages.
 """
 
 from __future__ import annotations
@@ -356,6 +356,33 @@ class DatabaseSink(Sink):
     def _merge_sql(self, into: TableName, source: str, *, ordered: bool) -> str:
         """INSERT ... SELECT FROM ``source`` ON CONFLICT (key) DO UPDATE; last row of a key wins."""
 
+    # -- transactions ------------------------------------------------------------------
+    # Every statement goes through _cursor(), which opens a transaction first when
+    # none is open; _commit() and _rollback() end it.
+    def _tx_begin(self) -> None:
+        """Dialect hook: open a transaction if none is open (default: the driver
+        keeps one open itself, autocommit being off)."""
+
+    def _tx_commit(self) -> None:
+        self.conn.commit()
+
+    def _tx_rollback(self) -> None:
+        self.conn.rollback()
+
+    def _begin(self) -> None:
+        self._tx_begin()
+
+    def _commit(self) -> None:
+        self._tx_commit()
+
+    def _rollback(self) -> None:
+        self._tx_rollback()
+
+    def _cursor(self) -> Any:
+        """A cursor for statements of the current transaction (opened if need be)."""
+        self._begin()
+        return self.conn.cursor()
+
     @classmethod
     def _driver_error(cls) -> tuple[type[BaseException], ...]:
         try:
@@ -366,7 +393,7 @@ class DatabaseSink(Sink):
 
     # -- helpers ---------------------------------------------------------------------------
     def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
-        cur = self.conn.cursor()
+        cur = self._cursor()
         try:
             cur.execute(sql, params) if params else cur.execute(sql)
             try:
@@ -462,7 +489,7 @@ class DatabaseSink(Sink):
         self.conn = self._connect()
         self._check_schema_exists()
         self.ledger = led = self._make_ledger()
-        led.migrate(self.conn.rollback, self.conn.commit)
+        led.migrate(self._rollback, self._commit)
         try:
             self._keys = {s.output_name: (shard_key(s), s.path) for s in shards}
         except OSError as exc:
@@ -511,7 +538,7 @@ class DatabaseSink(Sink):
         if self.upsert_key:
             for sql in self._create_temp_upsert():
                 self._sql(sql)
-        self.conn.commit()
+        self._commit()
         return set(resume.done)
 
     def _start_run(self, mode, publish, target_cols, stage, dest, job_key) -> None:
@@ -601,6 +628,7 @@ class DatabaseSink(Sink):
         rows = self._prepare(batch)
         with self._guard():
             if self._stream is None:
+                self._begin()  # before the ingest thread uses the connection
                 if self.upsert_key:
                     self._stream = _Ingest(self, TableName(None, UPSERT_TABLE), self._ingest_schema, True)
                 else:
@@ -624,14 +652,14 @@ class DatabaseSink(Sink):
                 started_at=self._started, committed_at=time.time(),
             )
             if not self.ledger.record_shard(self.dest_key, rec):
-                self.conn.rollback()
+                self._rollback()
                 log.warning(
                     f"warning: shard {shard.path} was committed to {self.where} by another writer of run "
                     f"{self._run.run_id}; this copy of its rows is discarded"
                 )
             else:
                 crash_point("before-commit")
-                self.conn.commit()
+                self._commit()
                 self._commits += 1
                 crash_point("after-commit")
         self._current = None
@@ -642,7 +670,7 @@ class DatabaseSink(Sink):
             if self._stream is not None:
                 stream, self._stream = self._stream, None
                 stream.cancel()
-            self.conn.rollback()
+            self._rollback()
         self._current = None
 
     def close(self) -> None:
@@ -652,7 +680,7 @@ class DatabaseSink(Sink):
                     self._publish_staged()
                 else:
                     self.ledger.set_status(self.dest_key, self._run.run_id, "complete")
-                self.conn.commit()
+                self._commit()
         finally:
             self._disconnect()
 
@@ -694,15 +722,19 @@ class DatabaseSink(Sink):
             self._stream = None
         if self.conn is not None:
             try:
-                self.conn.rollback()
+                self._rollback()
                 if self._created is not None and self._commits == 0:
                     # Nothing committed: leave the destination as it was, not an empty table.
+                    self._before_cleanup()
                     self._sql(f"DROP TABLE {self._created.sql()}")
                     self.ledger.forget_run(self.dest_key, self._run.run_id)
-                    self.conn.commit()
+                    self._commit()
             except Exception:  # noqa: BLE001 - cleaning up after a failure
                 pass
         self._disconnect()
+
+    def _before_cleanup(self) -> None:
+        """Dialect hook: before abort() tidies up (SQLite: wait less for the lock)."""
 
     def _disconnect(self) -> None:
         conn, self.conn = self.conn, None

@@ -2,6 +2,15 @@
 ``sqlite:////absolute/path.db``, SQLAlchemy's spelling), through
 adbc-driver-sqlite. Types: integers and booleans INTEGER, floats REAL, strings
 and dates/timestamps TEXT (ISO 8601), bytes BLOB, lists JSON TEXT.
+
+SQLite takes one writer at a time. Every transaction starts with ``BEGIN
+IMMEDIATE``, which takes the write lock before the first read: a transaction
+that read first (SQLite's default, deferred) and then wanted to write would get
+"database is locked" at once, as SQLite never waits on a lock upgrade, which
+could deadlock. ``BEGIN IMMEDIATE`` waits for another writer (the busy
+timeout) for :data:`LOCK_WAIT` seconds; with ``--timeout T``, for T less a
+second (T/2 when T is under 2 s), so that this error (exit 4), not the
+--timeout watchdog (exit 1), ends a run whose write waited too long.
 """
 
 from __future__ import annotations
@@ -27,8 +36,13 @@ from ..ledger import SqlLedger
 from .database import SEQ, UPSERT_TABLE, Column, DatabaseSink, TableName, json_text, quote, with_status
 
 
+#: How long to wait for another writer's lock (seconds), without --timeout.
+LOCK_WAIT = 60.0
+#: The longest abort() waits for the lock to tidy up (drop a table nothing was committed to).
+CLEANUP_WAIT = 5.0
+
 #: SQLite files this process is writing (real path → table): SQLite takes one writer at a time,
-#: so a second sink on the same file would wait on the first one's transaction forever.
+#: so a second sink on the same file would wait on the first one's transaction, then fail.
 _WRITING: dict[str, str] = {}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -86,6 +100,10 @@ class Sink(DatabaseSink):
     def __init__(self, dest: str, **kwargs: Any):
         self.path = sqlite_path(dest)
         super().__init__(dest, **kwargs)
+        #: Seconds a transaction waits for another writer's lock.
+        self.lock_wait = max(self.timeout / 2, self.timeout - 1.0) if self.timeout else LOCK_WAIT
+        self._in_tx = False
+        self._writing: str | None = None
 
     def _normalise(self, t: TableName) -> TableName:
         if t.schema not in (None, "main"):
@@ -122,27 +140,66 @@ class Sink(DatabaseSink):
                 f"writer at a time: write table {self.target} to another file (e.g. --quarantine "
                 f"sqlite:///{stem}-quarantine.db)"
             )
-        conn = dbapi.connect(self.path)
+        # Autocommit as far as the driver knows: transactions are ours (BEGIN IMMEDIATE).
+        conn = dbapi.connect(self.path, autocommit=True)
+        try:
+            self._set_busy_timeout(conn, self.lock_wait)
+        except BaseException:
+            conn.close()
+            raise
         _WRITING[key] = str(self.target)
         self._writing = key
+        return conn
+
+    @staticmethod
+    def _set_busy_timeout(conn: Any, seconds: float) -> None:
         cur = conn.cursor()
         try:
-            # Wait for another writer's transaction rather than fail at once.
-            cur.execute("PRAGMA busy_timeout = 60000")
+            cur.execute(f"PRAGMA busy_timeout = {max(0, round(seconds * 1000))}")
         finally:
             cur.close()
-        return conn
 
     def _disconnect(self) -> None:
         super()._disconnect()
-        key = getattr(self, "_writing", None)
+        self._in_tx = False
+        key, self._writing = self._writing, None
         if key is not None:
             _WRITING.pop(key, None)
-            self._writing = None
+
+    # -- transactions: BEGIN IMMEDIATE, so the write lock is waited for, not upgraded to --
+    def _execute(self, sql: str) -> None:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
+
+    def _tx_begin(self) -> None:
+        if not self._in_tx:
+            self._execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def _tx_commit(self) -> None:
+        if self._in_tx:
+            self._execute("COMMIT")  # on error (busy) the transaction is still open
+            self._in_tx = False
+
+    def _tx_rollback(self) -> None:
+        if self._in_tx:
+            self._in_tx = False
+            try:
+                self._execute("ROLLBACK")
+            except self._driver_error() as exc:
+                # SQLite rolls back by itself after some errors (disk full, I/O).
+                if "no transaction is active" not in str(exc):
+                    raise
+
+    def _before_cleanup(self) -> None:
+        self._set_busy_timeout(self.conn, min(self.lock_wait, CLEANUP_WAIT))
 
     def _make_ledger(self) -> SqlLedger:
         return SqlLedger(
-            self.conn.cursor, quote, None,
+            self._cursor, quote, None,
             param=lambda i: "?",
             ts=lambda i: "strftime('%Y-%m-%dT%H:%M:%fZ', ?, 'unixepoch')",
             ts_type="TEXT",
@@ -228,7 +285,8 @@ class Sink(DatabaseSink):
         low = msg.lower()
         if "database is locked" in low or "database table is locked" in low:
             return LockedError(
-                f"{self.path} is locked by another writer (waited 60 s): retry when it is done"
+                f"{self.path} is locked by another writer (waited {self.lock_wait:g} s): retry when it is done, "
+                "or pass a longer --timeout to wait longer"
             )
         if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
             return with_status(
