@@ -208,26 +208,131 @@ def test_quarantine_inside_the_output_is_refused(cli, model, bad_shards, dest):
 
 
 # -- databases ------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="BUG: a SQLite output cannot take its default <table>_quarantine table: the "
-                   "quarantine sink opens a second connection to the same file, which fails with exit 4 "
-                   "'locked by another writer' at the first bad row (or, being changed, is refused up front)",
-                   strict=True)
-def test_sqlite_output_quarantines_to_a_sibling_table(cli, model, bad_shards):
-    folder, source, _ = bad_shards
-    res = run(cli, folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds",
-              "--on-error", "quarantine")
-    assert res.exit_code == 3, res.stderr
-    assert report()["quarantine"] == "sqlite:///scores.db"  # table preds_quarantine
-    con = sqlite3.connect("scores.db")
+def sqlite_rows(path: str, sql: str) -> list[tuple]:
+    con = sqlite3.connect(path)
     try:
-        cols = [r[1] for r in con.execute('PRAGMA table_info("preds_quarantine")')]
-        got = con.execute('SELECT id, reason FROM "preds_quarantine" ORDER BY id').fetchall()
-        n = con.execute('SELECT count(*) FROM "preds"').fetchone()[0]
+        return con.execute(sql).fetchall()
     finally:
         con.close()
-    assert cols == COLUMNS
-    assert got == [(5, "null in column 'f1'"), (7, "NaN or infinity in column 'f0'"), (11, "NaN or infinity in column 'f2'")]
-    assert n == 9
+
+
+def sqlite_table(path: str, table: str) -> pa.Table:
+    con = sqlite3.connect(path)
+    try:
+        cur = con.execute(f'SELECT * FROM "{table}"')
+        names = [d[0] for d in cur.description]
+        return pa.Table.from_pylist([dict(zip(names, r)) for r in cur.fetchall()])
+    finally:
+        con.close()
+
+
+def test_sqlite_output_quarantines_to_a_sibling_table(cli, model, bad_shards):
+    folder, source, bad = bad_shards
+    res = run(cli, folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds",
+              "--on-error", "quarantine", "--batch-size", "2")
+    assert res.exit_code == 3, res.stderr
+    rep = report()
+    assert rep["quarantine"] == "sqlite:///scores.db"  # table preds_quarantine
+    assert accounts(rep) == {"rows_read": 12, "rows_written": 9, "rows_skipped": 0, "rows_quarantined": 3, "rows_filtered": 0}
+    assert [r[1] for r in sqlite_rows("scores.db", 'PRAGMA table_info("preds_quarantine")')] == COLUMNS
+    shards = [os.path.join(folder, f"part-00{i}.parquet") for i in range(3)]
+    got = sqlite_rows("scores.db", 'SELECT id, reason, shard, f0 IS NULL, f1 IS NULL FROM "preds_quarantine" ORDER BY id')
+    # SQLite stores NaN as NULL; the infinity stays.
+    assert got == [(5, "null in column 'f1'", shards[1], 0, 1), (7, "NaN or infinity in column 'f0'", shards[1], 1, 0),
+                   (11, "NaN or infinity in column 'f2'", shards[2], 0, 0)]
+    assert sqlite_rows("scores.db", 'SELECT f2 FROM "preds_quarantine" WHERE id = 11') == [(-INF,)]
+    q = sqlite_table("scores.db", "preds_quarantine")
+    src = rows_by_id(source)
+    for row in q.to_pylist():  # every original column kept
+        for c in ("name", "count", "f2"):
+            assert same_value(row[c], src[row["id"]][c]), (row, c)
+    ids = [i for (i,) in sqlite_rows("scores.db", 'SELECT id FROM "preds" ORDER BY id')]
+    assert ids == [i for i in range(12) if i not in bad]
+    # Both tables' runs are complete; each shard with bad rows is recorded for both, once.
+    assert sorted(sqlite_rows("scores.db", "SELECT dest, status FROM batchscore_runs")) == [
+        ("preds", "complete"), ("preds_quarantine", "complete")]
+    assert sorted(sqlite_rows("scores.db", "SELECT dest, shard, rows FROM batchscore_shards")) == [
+        ("preds", "part-000.parquet", 4), ("preds", "part-001.parquet", 3), ("preds", "part-002.parquet", 2),
+        ("preds_quarantine", "part-001.parquet", 2), ("preds_quarantine", "part-002.parquet", 1)]
+
+
+def test_sqlite_quarantine_in_the_output_file_resumes_and_overwrites(cli, model, bad_shards, data):
+    folder, _, _ = bad_shards
+    args = [folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds", "--on-error", "quarantine"]
+    assert run(cli, *args).exit_code == 3
+    # --resume: nothing left to do, nothing written twice.
+    res = run(cli, *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert report()["shards_skipped"] == 3
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds_quarantine" ORDER BY id') == [(5,), (7,), (11,)]
+    assert sqlite_rows("scores.db", 'SELECT count(*) FROM "preds"') == [(9,)]
+    # --overwrite replaces both tables.
+    data.write("in/part-002.parquet", data.table(3, 9))  # fixed
+    assert run(cli, *args, "--overwrite").exit_code == 3
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds_quarantine" ORDER BY id') == [(5,), (7,)]
+    assert sqlite_rows("scores.db", 'SELECT count(*) FROM "preds"') == [(10,)]
+    assert sqlite_rows("scores.db", "SELECT dest, count(*) FROM batchscore_shards GROUP BY dest ORDER BY dest") == [
+        ("preds", 3), ("preds_quarantine", 1)]
+
+
+@pytest.mark.parametrize("publish", ["per-shard", "at-end"])
+def test_sqlite_quarantine_rows_past_the_buffer_wait_in_a_temporary_table(cli, model, data, monkeypatch, publish):
+    """A guest moves its rows to a temporary table once it holds guest_buffer_bytes (here: every
+    batch); a shard failing part-way takes them back with its own."""
+    from batchscore.sinks.database import DatabaseSink
+
+    monkeypatch.setattr(DatabaseSink, "guest_buffer_bytes", 1)
+    folder, good, bad = _two_row_groups_second_corrupt(data, null_at=2)
+    data.write("in/part-000.parquet", poisoned(data, 5, 0, "f0", {1: None, 4: None}))
+    res = run(cli, folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds",
+              "--on-error", "quarantine", "--batch-size", "1", "--publish", publish)
+    assert res.exit_code == 3, res.stderr
+    assert [f["path"] for f in report()["shards_failed"]] == [bad]
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds_quarantine" ORDER BY id') == [(1,), (4,)]
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds" ORDER BY id') == [
+        (i,) for i in [0, 2, 3] + list(range(25, 31))]
+    assert sqlite_rows("scores.db", "SELECT name FROM sqlite_master WHERE name LIKE 'batchscore_stage%'") == []
+
+
+@pytest.mark.parametrize("buffer", ["held", "spilled"])
+def test_a_sqlite_quarantine_shard_already_recorded_is_not_written_twice(cli, model, bad_shards, monkeypatch, buffer):
+    """The guest's ledger record comes first: a copy of a shard another writer already
+    quarantined is discarded (also once its rows wait in its temporary table)."""
+    from batchscore.sinks.database import DatabaseSink
+
+    if buffer != "held":
+        monkeypatch.setattr(DatabaseSink, "guest_buffer_bytes", 1)
+    folder, _, _ = bad_shards
+    args = [folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds", "--on-error", "quarantine",
+            "--batch-size", "1"]
+    assert run(cli, *args).exit_code == 3
+    # As if part-001's predictions and their record were lost, but not its quarantined rows.
+    con = sqlite3.connect("scores.db")
+    con.execute("DELETE FROM preds WHERE id IN (4, 6, 8)")
+    con.execute("DELETE FROM batchscore_shards WHERE dest = 'preds' AND shard = 'part-001.parquet'")
+    con.commit()
+    con.close()
+    res = run(cli, *args, "--resume")
+    assert res.exit_code == 3, res.stderr
+    assert (f"batchscore: warning: shard {os.path.join(folder, 'part-001.parquet')} was committed to table "
+            "preds_quarantine in sqlite:///scores.db by another writer of run") in res.stderr
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds_quarantine" ORDER BY id') == [(5,), (7,), (11,)]
+    assert sqlite_rows("scores.db", 'SELECT id FROM "preds" ORDER BY id') == [(i,) for i in (0, 1, 2, 3, 4, 6, 8, 9, 10)]
+    assert sqlite_rows("scores.db", "SELECT dest, count(*) FROM batchscore_shards GROUP BY dest ORDER BY dest") == [
+        ("preds", 3), ("preds_quarantine", 2)]
+
+
+def test_sqlite_quarantine_in_the_output_file_is_dropped_when_nothing_commits(cli, model, data):
+    """A run failing before any commit leaves neither table (nor their ledger runs) behind."""
+    t = poisoned(data, 4, 0, "f0", {1: None})
+    data.write("in/part-000.parquet", t)
+    data.write("in/part-001.parquet", data.table(3, 4))
+    msg = cli.fails(str(data.root / "in"), "--model", model, "--output", "sqlite:///scores.db",
+                    "--table", "preds", "--on-error", "quarantine", "--max-errors", "0", code=1)
+    assert msg.startswith("1 bad rows, more than --max-errors 0"), msg
+    assert sqlite_rows("scores.db", "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") == [
+        ("batchscore_meta",), ("batchscore_runs",), ("batchscore_shards",)]
+    assert sqlite_rows("scores.db", "SELECT count(*) FROM batchscore_runs") == [(0,)]
 
 
 def test_sqlite_output_quarantines_to_another_database_file(cli, model, bad_shards):

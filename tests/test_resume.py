@@ -218,6 +218,40 @@ def test_a_resumed_upsert_run_equals_a_clean_one(work):
     assert dest.rows("preds") == dest.rows("clean")
 
 
+@pytest.mark.parametrize("point", ["after-copy@3", "before-commit@2", "after-commit@4"])
+def test_a_killed_run_quarantining_into_its_sqlite_file_resumes_exactly_once(data, models, point):
+    """The quarantine table in the output's own SQLite file commits with the output, shard by shard:
+    after a kill, a shard's good rows, its bad rows and both ledger records are all there or none."""
+    from tests.test_faults import poisoned
+
+    sizes = [150, 0, 140, 160, 130, 150]
+    bad = {0: {3: None}, 2: {0: None, 139: None}, 3: {}, 4: {7: None}, 5: {100: None}}
+    start = 0
+    for i, n in enumerate(sizes):
+        data.write(f"q/part-{i:03d}.parquet", poisoned(data, n, start, "f1", bad.get(i, {})))
+        start += n
+    folder, model = str(data.root / "q"), models.linear()
+    clean = batchscore.score(folder, model, "sqlite:///clean.db", table="preds", on_error="quarantine",
+                             batch_size=128, quiet=True)
+    assert clean.rows_quarantined == 5
+    dest = SqliteDest()
+    killed_at([folder, "--model", model, "--output", dest.url, "--table", "preds", "--on-error", "quarantine"], point)
+    done = dict(dest.committed("preds"))
+    quarantined = dict(dest.committed("preds_quarantine"))
+    assert len(dest.rows("preds")) == sum(done.values())
+    assert len(dest.rows("preds_quarantine")) == sum(quarantined.values())
+    # A shard's bad rows are recorded exactly when its good rows are.
+    assert quarantined == {f"part-{i:03d}.parquet": len(bad[i]) for i in bad
+                           if bad[i] and f"part-{i:03d}.parquet" in done}
+    summary = resume(folder, model, dest.url, table="preds", on_error="quarantine")
+    assert summary.shards_skipped == len(done)
+    clean_rows = SqliteDest()
+    clean_rows.path = "clean.db"
+    assert dest.rows("preds") == clean_rows.rows("preds")
+    assert dest.rows("preds_quarantine") == clean_rows.rows("preds_quarantine")
+    assert len(dest.rows("preds_quarantine")) == 5
+
+
 # -- Parquet ------------------------------------------------------------------------------------
 def parquet_committed(root: str = "out") -> int:
     with open(os.path.join(root, "_batchscore_manifest.json")) as fh:

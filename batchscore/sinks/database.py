@@ -14,6 +14,12 @@ and merges them with ``INSERT ... ON CONFLICT (key) DO UPDATE``.
 
 A dialect module (``sqlite.py``, ``postgres.py``) fills in connecting, SQL
 types, catalogue queries, transactions and error messages.
+
+A sink may be a *guest* of another sink of the same run (SQLite: the
+quarantine table in the output's own file, which takes one writer at a time):
+it writes through its host's connection and transactions, so a shard's
+quarantined rows, its predictions and both ledger records commit together,
+and the two sinks never wait on each other's lock.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ if TYPE_CHECKING:
 
 STAGE_PREFIX = "batchscore_stage_"
 UPSERT_TABLE = "batchscore_upsert"
+GUEST_TABLE = "batchscore_guest"
 SEQ = "__batchscore_seq"
 
 
@@ -98,7 +105,7 @@ def parse_table(text: str, *, max_bytes: int | None = None) -> TableName:
                     f"--table {text!r}: {p!r} is {len(p.encode())} bytes; the database keeps only {max_bytes}"
                 )
     schema, name = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-    if name in ledger_mod.TABLES or name.startswith(STAGE_PREFIX) or name == UPSERT_TABLE:
+    if name in ledger_mod.TABLES or name.startswith(STAGE_PREFIX) or name in (UPSERT_TABLE, GUEST_TABLE):
         raise UsageError(f"--table {text!r}: {name} is batchscore's own bookkeeping table; choose another name")
     return TableName(schema, name)
 
@@ -298,6 +305,16 @@ class DatabaseSink(Sink):
         #: A table this run created at open; dropped again by abort() when no shard committed.
         self._created: TableName | None = None
         self._commits = 0
+        #: A guest's host: the sink whose connection and transactions this one shares.
+        self._host: DatabaseSink | None = None
+        #: A host's guests, and those with a shard in the transaction now open.
+        self._guests: list[DatabaseSink] = []
+        self._credit: list[DatabaseSink] = []
+        #: A guest's rows of the shard in flight, held until its host's ingest pauses.
+        self._held: list[pa.RecordBatch] = []
+        self._held_bytes = 0
+        #: A guest moved rows of the shard in flight to its temporary table (GUEST_TABLE).
+        self._spilled = False
 
     # -- dialect hooks ------------------------------------------------------------------
     @abstractmethod
@@ -356,9 +373,18 @@ class DatabaseSink(Sink):
     def _merge_sql(self, into: TableName, source: str, *, ordered: bool) -> str:
         """INSERT ... SELECT FROM ``source`` ON CONFLICT (key) DO UPDATE; last row of a key wins."""
 
+    def _create_temp_like(self, name: str) -> str:
+        """SQL creating the temporary table ``name`` with the columns of the table written into
+        (a guest's rows of a shard wait there when there are too many to hold)."""
+        raise NotImplementedError(f"{self.kind} sinks are never guests")
+
+    def _temp_sql(self, name: str) -> str:
+        """The temporary table ``name``, as SQL."""
+        raise NotImplementedError(f"{self.kind} sinks are never guests")
+
     # -- transactions ------------------------------------------------------------------
     # Every statement goes through _cursor(), which opens a transaction first when
-    # none is open; _commit() and _rollback() end it.
+    # none is open; _commit() and _rollback() end it. A guest uses its host's.
     def _tx_begin(self) -> None:
         """Dialect hook: open a transaction if none is open (default: the driver
         keeps one open itself, autocommit being off)."""
@@ -370,18 +396,115 @@ class DatabaseSink(Sink):
         self.conn.rollback()
 
     def _begin(self) -> None:
-        self._tx_begin()
+        if self._host is not None:
+            self._host._begin()
+        else:
+            self._tx_begin()
 
     def _commit(self) -> None:
+        if self._host is not None:
+            self._host._commit()
+            return
         self._tx_commit()
+        for guest in self._credit:
+            guest._commits += 1
+        self._credit.clear()
 
     def _rollback(self) -> None:
+        if self._host is not None:
+            self._host._rollback()
+            return
+        self._credit.clear()
+        for guest in self._guests:
+            guest._spilled = False  # what it moved to its temporary table is rolled back too
         self._tx_rollback()
 
     def _cursor(self) -> Any:
         """A cursor for statements of the current transaction (opened if need be)."""
         self._begin()
         return self.conn.cursor()
+
+    # -- guests --------------------------------------------------------------------------
+    # A guest holds a shard's rows until its commit_shard(), which the host's follows at
+    # once: the guest's ledger record goes first, so a copy of a shard another writer
+    # already committed is discarded, and the host commits both. Past guest_buffer_bytes
+    # the rows move to a temporary table (on disk, in the transaction) until then.
+
+    #: Bytes of a shard's rows a guest holds in memory.
+    guest_buffer_bytes = 64 << 20
+
+    def _join(self, host: "DatabaseSink") -> Any:
+        """Become ``host``'s guest; returns the connection to use (the host's)."""
+        if self.upsert_key:
+            raise UsageError(
+                f"--upsert-key cannot be used for {self.where}, which shares {host.where}'s connection"
+            )
+        self._host = host
+        host._guests.append(self)
+        return host.conn
+
+    def _pause_stream(self) -> None:
+        """End the ingest in flight (its rows stay in the transaction): the
+        connection is free for a guest's statements; the next write starts another."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.finish()
+
+    def _host_quiet(self) -> None:
+        """A guest is about to use the connection: its host's ingest ends first."""
+        host = self._host
+        with host._guard():
+            host._pause_stream()
+
+    def _ingest_held(self, into: TableName, temporary: bool) -> None:
+        held, self._held, self._held_bytes = self._held, [], 0
+        cur = self._cursor()
+        try:
+            self._ingest(cur, into, pa.RecordBatchReader.from_batches(self._ingest_schema, iter(held)), temporary)
+        finally:
+            cur.close()
+
+    def _guest_write(self, rows: pa.RecordBatch) -> None:
+        self._held.append(rows)
+        self._held_bytes += rows.nbytes
+        if self._held_bytes >= self.guest_buffer_bytes:
+            self._host_quiet()
+            with self._guard():
+                self._ingest_held(TableName(None, GUEST_TABLE), True)
+                self._spilled = True
+
+    def _guest_commit_shard(self, shard: "Shard", rows: int) -> None:
+        """The shard's record and rows go into the host's transaction; the
+        host's commit_shard, which follows, commits them with its own."""
+        self._host_quiet()
+        with self._guard():
+            if self.ledger.record_shard(self.dest_key, self._shard_record(shard, rows)):
+                if self._spilled:
+                    cols = ", ".join(quote(c.name) for c in self.columns)
+                    self._sql(f"INSERT INTO {self._into.sql()} ({cols}) SELECT {cols} FROM {self._temp_sql(GUEST_TABLE)}")
+                if self._held:
+                    self._ingest_held(self._into, False)
+                self._host._credit.append(self)
+            else:
+                log.warning(
+                    f"warning: shard {shard.path} was committed to {self.where} by another writer of run "
+                    f"{self._run.run_id}; this copy of its rows is discarded"
+                )
+            self._guest_discard()
+        self._current = None
+
+    def _guest_discard(self) -> None:
+        self._held, self._held_bytes = [], 0
+        if self._spilled:
+            self._sql(f"DELETE FROM {self._temp_sql(GUEST_TABLE)}")
+            self._spilled = False
+
+    def _guest_abort_shard(self) -> None:
+        if self._spilled and self.conn is not None:
+            self._host_quiet()
+        with self._guard():
+            self._guest_discard()
+        self._current = None
 
     @classmethod
     def _driver_error(cls) -> tuple[type[BaseException], ...]:
@@ -480,6 +603,11 @@ class DatabaseSink(Sink):
             with self._guard():
                 return self._open(shards)
         except BaseException:
+            if self._host is not None and self.conn is not None:
+                try:  # a guest's half-done open is in the host's connection: undo it
+                    self._rollback()
+                except Exception:  # noqa: BLE001
+                    pass
             self._disconnect()
             raise
 
@@ -538,6 +666,8 @@ class DatabaseSink(Sink):
         if self.upsert_key:
             for sql in self._create_temp_upsert():
                 self._sql(sql)
+        if self._host is not None:
+            self._sql(self._create_temp_like(GUEST_TABLE))
         self._commit()
         return set(resume.done)
 
@@ -626,6 +756,9 @@ class DatabaseSink(Sink):
         if not batch.num_rows:
             return
         rows = self._prepare(batch)
+        if self._host is not None:
+            self._guest_write(rows)
+            return
         with self._guard():
             if self._stream is None:
                 self._begin()  # before the ingest thread uses the connection
@@ -635,23 +768,26 @@ class DatabaseSink(Sink):
                     self._stream = _Ingest(self, self._into, self._ingest_schema, False)
             self._stream.put(rows)
 
+    def _shard_record(self, shard: "Shard", rows: int) -> ShardRecord:
+        return ShardRecord(
+            run_id=self._run.run_id, shard=shard.output_name, shard_key=self._keys[shard.output_name][0],
+            job_key=self._run.job_key, source=shard.path, rows=rows, attempt=self.run_id,
+            started_at=self._started, committed_at=time.time(),
+        )
+
     def commit_shard(self, shard: "Shard", rows: int) -> None:
         if self._current is not shard:
             self._begin_shard(shard)  # an empty shard still gets its ledger record
+        if self._host is not None:
+            self._guest_commit_shard(shard, rows)
+            return
         with self._guard():
-            if self._stream is not None:
-                stream, self._stream = self._stream, None
-                stream.finish()
+            self._pause_stream()
             crash_point("after-copy")
             if self.upsert_key:
                 self._sql(self._merge_sql(self._into, self._temp_upsert_sql(), ordered=True))
                 self._sql(f"DELETE FROM {self._temp_upsert_sql()}")
-            rec = ShardRecord(
-                run_id=self._run.run_id, shard=shard.output_name, shard_key=self._keys[shard.output_name][0],
-                job_key=self._run.job_key, source=shard.path, rows=rows, attempt=self.run_id,
-                started_at=self._started, committed_at=time.time(),
-            )
-            if not self.ledger.record_shard(self.dest_key, rec):
+            if not self.ledger.record_shard(self.dest_key, self._shard_record(shard, rows)):
                 self._rollback()
                 log.warning(
                     f"warning: shard {shard.path} was committed to {self.where} by another writer of run "
@@ -666,6 +802,9 @@ class DatabaseSink(Sink):
 
     def abort_shard(self, shard: "Shard") -> None:
         """Roll back the shard's transaction: its rows are gone, the run goes on."""
+        if self._host is not None:
+            self._guest_abort_shard()
+            return
         with self._guard():
             if self._stream is not None:
                 stream, self._stream = self._stream, None
@@ -674,15 +813,25 @@ class DatabaseSink(Sink):
         self._current = None
 
     def close(self) -> None:
+        """Publish the run; a host publishes its guests' runs too, in the same
+        transaction (a guest's own close() then has nothing left to do)."""
+        if self._host is not None or self.conn is None:
+            return
         try:
+            for guest in self._guests:
+                with guest._guard():
+                    guest._finish()
             with self._guard():
-                if self._publish == "at-end":
-                    self._publish_staged()
-                else:
-                    self.ledger.set_status(self.dest_key, self._run.run_id, "complete")
+                self._finish()
                 self._commit()
         finally:
             self._disconnect()
+
+    def _finish(self) -> None:
+        if self._publish == "at-end":
+            self._publish_staged()
+        else:
+            self.ledger.set_status(self.dest_key, self._run.run_id, "complete")
 
     def _publish_staged(self) -> None:
         """Swap the staging table in (fail, replace) or merge it (append), in one transaction."""
@@ -720,6 +869,8 @@ class DatabaseSink(Sink):
         if self._stream is not None:
             self._stream.cancel()
             self._stream = None
+        for guest in list(self._guests):  # while the connection they share is open
+            guest.abort()
         if self.conn is not None:
             try:
                 self._rollback()
@@ -738,6 +889,16 @@ class DatabaseSink(Sink):
 
     def _disconnect(self) -> None:
         conn, self.conn = self.conn, None
+        self._held, self._held_bytes = [], 0
+        host, self._host = self._host, None
+        if host is not None:  # a guest leaves the connection to its host
+            if self in host._guests:
+                host._guests.remove(self)
+            return
+        for guest in self._guests:
+            guest.conn = None
+        self._guests.clear()
+        self._credit.clear()
         if conn is not None:
             try:
                 conn.close()

@@ -11,6 +11,9 @@ could deadlock. ``BEGIN IMMEDIATE`` waits for another writer (the busy
 timeout) for :data:`LOCK_WAIT` seconds; with ``--timeout T``, for T less a
 second (T/2 when T is under 2 s), so that this error (exit 4), not the
 --timeout watchdog (exit 1), ends a run whose write waited too long.
+
+The quarantine table in the output's own file (``<table>_quarantine``) is a
+guest of the output's sink (:mod:`.database`): one connection, one transaction.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ LOCK_WAIT = 60.0
 #: The longest abort() waits for the lock to tidy up (drop a table nothing was committed to).
 CLEANUP_WAIT = 5.0
 
-#: SQLite files this process is writing (real path → table): SQLite takes one writer at a time,
-#: so a second sink on the same file would wait on the first one's transaction, then fail.
-_WRITING: dict[str, str] = {}
+#: Sinks writing a SQLite file, by (real path, run id). A second sink of the same run on
+#: the same file (the quarantine) joins the first as its guest: two connections would
+#: wait on each other's lock.
+_WRITING: dict[tuple[str, str], "Sink"] = {}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -103,7 +107,7 @@ class Sink(DatabaseSink):
         #: Seconds a transaction waits for another writer's lock.
         self.lock_wait = max(self.timeout / 2, self.timeout - 1.0) if self.timeout else LOCK_WAIT
         self._in_tx = False
-        self._writing: str | None = None
+        self._writing: tuple[str, str] | None = None
 
     def _normalise(self, t: TableName) -> TableName:
         if t.schema not in (None, "main"):
@@ -132,14 +136,10 @@ class Sink(DatabaseSink):
             raise with_status(
                 OutputError(f"cannot create {parent} for {self.dest}: {exc.strerror}"), ExitStatus.USAGE
             ) from None
-        key = os.path.realpath(self.path)
-        if key in _WRITING:
-            stem = self.path[:-3] if self.path.endswith(".db") else self.path
-            raise UsageError(
-                f"{self.dest} is already being written by this run (table {_WRITING[key]}), and SQLite takes one "
-                f"writer at a time: write table {self.target} to another file (e.g. --quarantine "
-                f"sqlite:///{stem}-quarantine.db)"
-            )
+        key = (os.path.realpath(self.path), self.run_id)
+        host = _WRITING.get(key)
+        if host is not None and host.conn is not None:
+            return self._join(host)
         # Autocommit as far as the driver knows: transactions are ours (BEGIN IMMEDIATE).
         conn = dbapi.connect(self.path, autocommit=True)
         try:
@@ -147,7 +147,7 @@ class Sink(DatabaseSink):
         except BaseException:
             conn.close()
             raise
-        _WRITING[key] = str(self.target)
+        _WRITING[key] = self
         self._writing = key
         return conn
 
@@ -163,8 +163,8 @@ class Sink(DatabaseSink):
         super()._disconnect()
         self._in_tx = False
         key, self._writing = self._writing, None
-        if key is not None:
-            _WRITING.pop(key, None)
+        if key is not None and _WRITING.get(key) is self:
+            del _WRITING[key]
 
     # -- transactions: BEGIN IMMEDIATE, so the write lock is waited for, not upgraded to --
     def _execute(self, sql: str) -> None:
@@ -267,6 +267,12 @@ class Sink(DatabaseSink):
 
     def _temp_upsert_sql(self) -> str:
         return f"temp.{quote(UPSERT_TABLE)}"
+
+    def _create_temp_like(self, name: str) -> str:
+        return f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(name)} AS SELECT * FROM main.{self._into.sql()} WHERE 0"
+
+    def _temp_sql(self, name: str) -> str:
+        return f"temp.{quote(name)}"
 
     def _merge_sql(self, into: TableName, source: str, *, ordered: bool) -> str:
         cols = [quote(c.name) for c in self.columns]

@@ -340,16 +340,19 @@ def test_a_run_that_fails_before_any_commit_leaves_no_table(cli, data, model):
     assert rows("s.db", "SELECT count(*) FROM preds") == [(9,)]
 
 
-def test_quarantine_goes_to_another_sqlite_file(cli, data, model):
+def test_quarantine_goes_to_the_output_file_or_another(cli, data, model):
     folder = _with_a_null_feature(data)
-    msg = cli.fails(folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds",
-                    "--on-error", "quarantine", code=2)
-    assert msg == (
-        "sqlite:///s.db is already being written by this run (table preds), and SQLite takes one writer at a "
-        "time: write table preds_quarantine to another file (e.g. --quarantine sqlite:///s-quarantine.db)"
-    )
     res = cli("run", folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds",
-              "--on-error", "quarantine", "--quarantine", "sqlite:///s-quarantine.db", "-q")
+              "--on-error", "quarantine", "-q")
+    assert res.exit_code == 3, res.stderr
+    assert rows("s.db", "SELECT count(*) FROM preds") == [(9,)]
+    assert rows("s.db", "SELECT id, reason FROM preds_quarantine") == [(2, "null in column 'f0'")]
+    assert sorted(rows("s.db", "SELECT dest, status FROM batchscore_runs")) == [
+        ("preds", "complete"), ("preds_quarantine", "complete")]
+    assert rows("s.db", "SELECT dest, shard, rows FROM batchscore_shards WHERE dest = 'preds_quarantine'") == [
+        ("preds_quarantine", "part-000.parquet", 1)]
+    res = cli("run", folder, "--model", model, "--output", "sqlite:///s.db", "--table", "preds",
+              "--on-error", "quarantine", "--quarantine", "sqlite:///s-quarantine.db", "--overwrite", "-q")
     assert res.exit_code == 3, res.stderr
     assert rows("s.db", "SELECT count(*) FROM preds") == [(9,)]
     assert rows("s-quarantine.db", "SELECT id FROM preds_quarantine") == [(2,)]
