@@ -336,12 +336,13 @@ def locked_sqlite(wait: str) -> str:
             "or pass a longer --timeout to wait longer")
 
 
-@pytest.mark.parametrize("flags, wait", [([], "1"), (["--timeout", "3"], "2")])
+@pytest.mark.parametrize("flags, wait", [([], "2"), (["--timeout", "4"], "3"), (["--timeout", "1"], "0.5")])
 def test_a_sqlite_writer_that_holds_on_fails_the_run_after_the_wait(cli, scored, data, monkeypatch, flags, wait):
-    """The wait is bounded: 60 s (here patched to 1 s), or --timeout less a second; then exit 4, one line."""
+    """The wait is bounded: 60 s (here patched to 2 s), or --timeout less a second (half of one under
+    2 s); then exit 4, one line, after one wait (not one per statement the run tries)."""
     import batchscore.sinks.sqlite as sqlite_sink
 
-    monkeypatch.setattr(sqlite_sink, "LOCK_WAIT", 1.0)
+    monkeypatch.setattr(sqlite_sink, "LOCK_WAIT", 2.0)
     folder, _, model = scored
     url = "sqlite:///scores.db"
     assert cli("run", _second_input(data), "--model", model, "--output", url, "--table", "preds").exit_code == 0
@@ -354,51 +355,74 @@ def test_a_sqlite_writer_that_holds_on_fails_the_run_after_the_wait(cli, scored,
     finally:
         release(holder)
     assert msg == locked_sqlite(wait)
-    assert float(wait) <= waited < float(wait) + 5
+    assert float(wait) <= waited < 1.5 * float(wait) + 0.7
     report = json.load(open("r.json"))
     assert (report["status"], report["exit_code"], report["error"]) == ("failed", 4, msg)
     assert sqlite_ids() == list(range(10_000, 10_100))  # nothing of the failed run
     assert not os.path.exists(lock_path(url))
 
 
-#: ``batchscore run`` whose transaction after the first shard's commit finds the file locked by
-#: another process (the holder, started up front and told to take the lock then): a wait in the
-#: middle of the run, under the --timeout watchdog.
+#: ``batchscore run`` (argv[3:]) whose first transaction after argv[2] shard commits finds the file
+#: locked by another process (the holder, argv[1], started up front and told to take the lock
+#: then): a wait in the middle of the run, under the --timeout watchdog. Prints how long the run
+#: went on from there.
 MID_RUN = r"""
-import subprocess, sys
+import subprocess, sys, time
 import batchscore.sinks.sqlite as sq
 holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], "scores.db", "on-go"], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
-taken, orig = [], sq.Sink._tx_begin
+after, taken, orig = int(sys.argv[2]), [], sq.Sink._tx_begin
 def tx_begin(self):
-    if not self._in_tx and self._commits == 1 and not taken:  # the transaction after the first shard's
-        taken.append(1)
+    if not self._in_tx and self._run is not None and self._commits == after and not taken:
         holder.stdin.write("go\n"); holder.stdin.flush()
         assert holder.stdout.readline() == "holding\n"
+        taken.append(time.monotonic())
     orig(self)
 sq.Sink._tx_begin = tx_begin
 from batchscore.cli import main
 try:
-    main(sys.argv[2:])
+    main(sys.argv[3:])
 finally:
+    print(f"after the lock was taken: {time.monotonic() - taken[0]:.3f} s", file=sys.stderr)
     holder.stdin.close(); holder.wait()
 """
+
+
+def run_locked_mid_run(args: list[str], after_commits: int) -> tuple[int, str, float]:
+    """(exit code, error line, seconds from the lock being taken to the end)."""
+    proc = subprocess.run([sys.executable, "-c", MID_RUN, HOLDER, str(after_commits), "run", *args],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("after the lock was taken: "), proc.stderr
+    return proc.returncode, lines[-2], float(lines[-1].split(": ")[1].split()[0])
 
 
 def test_a_lock_wait_in_mid_run_ends_with_exit_4_before_the_watchdog(cli, scored):
     folder, table, model = scored
     args = [folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds", "--quiet"]
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", MID_RUN, HOLDER, "run", *args, "--timeout", "3"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 4, proc.stderr
-    assert proc.stderr.splitlines()[-1] == f"batchscore: error: {locked_sqlite('2')}"
-    assert time.monotonic() - t0 >= 2
+    code, error, waited = run_locked_mid_run([*args, "--timeout", "3"], after_commits=1)
+    assert (code, error) == (4, f"batchscore: error: {locked_sqlite('2')}")
+    assert 2 <= waited < 3  # within --timeout: this error, not the watchdog's (exit 1)
     con = sqlite3.connect("scores.db")
     committed = con.execute("SELECT shard, rows FROM batchscore_shards").fetchall()
     con.close()
     assert committed == [("part-000.parquet", 5)]  # the first shard, whole; the rest waits for --resume
     assert sqlite_ids() == list(range(5))
+    res = cli("run", *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert sqlite_ids() == list(range(len(table)))
+
+
+def test_a_lock_wait_before_the_first_commit_does_not_wait_again_to_tidy_up(cli, scored):
+    """abort() drops the table a run created when nothing was committed to it, but after a lock
+    wait that ran out it tries once: the table stays (empty, its run recorded) and --resume
+    finishes it."""
+    folder, table, model = scored
+    args = [folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds", "--quiet"]
+    code, error, waited = run_locked_mid_run([*args, "--timeout", "3"], after_commits=0)
+    assert (code, error) == (4, f"batchscore: error: {locked_sqlite('2')}")
+    assert 2 <= waited < 3
+    assert sqlite_ids() == []
     res = cli("run", *args, "--resume")
     assert res.exit_code == 0, res.stderr
     assert sqlite_ids() == list(range(len(table)))

@@ -617,6 +617,9 @@ class DatabaseSink(Sink):
         self.conn = self._connect()
         self._check_schema_exists()
         self.ledger = led = self._make_ledger()
+        # The transaction starts here, so that waiting for a lock fails here (the
+        # ledger reads its version treating any error as "no ledger yet").
+        self._begin()
         led.migrate(self._rollback, self._commit)
         try:
             self._keys = {s.output_name: (shard_key(s), s.path) for s in shards}

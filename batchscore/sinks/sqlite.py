@@ -108,6 +108,8 @@ class Sink(DatabaseSink):
         self.lock_wait = max(self.timeout / 2, self.timeout - 1.0) if self.timeout else LOCK_WAIT
         self._in_tx = False
         self._writing: tuple[str, str] | None = None
+        #: A lock wait ran out (abort() then does not wait again).
+        self._waited_out = False
 
     def _normalise(self, t: TableName) -> TableName:
         if t.schema not in (None, "main"):
@@ -195,7 +197,9 @@ class Sink(DatabaseSink):
                     raise
 
     def _before_cleanup(self) -> None:
-        self._set_busy_timeout(self.conn, min(self.lock_wait, CLEANUP_WAIT))
+        # After a lock wait that ran out, one try: the other writer is still there.
+        waited_out = (self._host or self)._waited_out
+        self._set_busy_timeout(self.conn, 0 if waited_out else min(self.lock_wait, CLEANUP_WAIT))
 
     def _make_ledger(self) -> SqlLedger:
         return SqlLedger(
@@ -290,6 +294,7 @@ class Sink(DatabaseSink):
         detail = msg.split("] ", 1)[-1] if "[SQLite]" in msg else msg
         low = msg.lower()
         if "database is locked" in low or "database table is locked" in low:
+            (self._host or self)._waited_out = True  # the connection's: a guest shares its host's
             return LockedError(
                 f"{self.path} is locked by another writer (waited {self.lock_wait:g} s): retry when it is done, "
                 "or pass a longer --timeout to wait longer"
