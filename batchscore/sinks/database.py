@@ -502,8 +502,9 @@ class DatabaseSink(Sink):
     def _guest_abort_shard(self) -> None:
         if self._spilled and self.conn is not None:
             self._host_quiet()
-        with self._guard():
-            self._guest_discard()
+            with self._guard():
+                self._guest_discard()
+        self._held, self._held_bytes, self._spilled = [], 0, False
         self._current = None
 
     @classmethod
