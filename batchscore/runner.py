@@ -60,6 +60,8 @@ class ModelRunner:
         self.oom_events = 0
         #: Model calls made (a batch split after an OOM makes several).
         self.calls = 0
+        #: Batches handed to :meth:`submit` so far.
+        self.submitted = 0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._free: queue.Queue | None = None
@@ -75,15 +77,19 @@ class ModelRunner:
         return len(self.backends)
 
     # -- one call ----------------------------------------------------------------
-    def predict(self, feeds: dict[str, Any], rows: int, replica: int = 0) -> dict[str, Any]:
-        """Predict ``rows`` rows on one replica; splits on out-of-memory errors."""
+    def predict(self, feeds: dict[str, Any], rows: int, replica: int = 0, batch: int | None = None) -> dict[str, Any]:
+        """Predict ``rows`` rows on one replica; splits on out-of-memory errors.
+        ``batch`` (1-based) names the batch in a --timeout message."""
         limit = self.max_rows
         if limit is not None and rows > limit and self.fixed_batch is None:
-            return self._in_parts(feeds, rows, limit, replica)
+            return self._in_parts(feeds, rows, limit, replica, batch)
         backend = self.backends[replica]
         slot = f"model{replica}"
         if self.watchdog is not None:
-            self.watchdog.enter(slot, f"the model call on {backend.device}" if len(self.backends) > 1 else "a model call")
+            what = "a model call" if batch is None else f"the model call on batch {batch}"
+            if len(self.backends) > 1:
+                what += f" on {backend.device}"
+            self.watchdog.enter(slot, what)
         try:
             with self._lock:
                 self.calls += 1
@@ -91,12 +97,13 @@ class ModelRunner:
         except Exception as exc:
             if not backend.is_out_of_memory(exc):
                 raise
-            return self._after_oom(backend, feeds, rows, replica, exc)
+            return self._after_oom(backend, feeds, rows, replica, exc, batch)
         finally:
             if self.watchdog is not None:
                 self.watchdog.leave(slot)
 
-    def _after_oom(self, backend: Backend, feeds: dict[str, Any], rows: int, replica: int, exc: BaseException):
+    def _after_oom(self, backend: Backend, feeds: dict[str, Any], rows: int, replica: int, exc: BaseException,
+                   batch: int | None):
         detail = " ".join(str(exc).split())[:200]
         if self.fixed_batch is not None:
             raise ModelError(
@@ -116,36 +123,37 @@ class ModelRunner:
         release = getattr(backend, "release_memory", None)
         if callable(release):
             release()
-        return self._in_parts(feeds, rows, half, replica)
+        return self._in_parts(feeds, rows, half, replica, batch)
 
-    def _in_parts(self, feeds: dict[str, Any], rows: int, size: int, replica: int) -> dict[str, Any]:
+    def _in_parts(self, feeds: dict[str, Any], rows: int, size: int, replica: int, batch: int | None) -> dict[str, Any]:
         parts = []
         for lo in range(0, rows, size):
             hi = min(rows, lo + size)
-            parts.append(self.predict(split_feeds(feeds, lo, hi), hi - lo, replica))
+            parts.append(self.predict(split_feeds(feeds, lo, hi), hi - lo, replica, batch))
         return concat_outputs(parts)
 
     # -- replicas ----------------------------------------------------------------
     def submit(self, feeds: dict[str, Any], rows: int) -> "Future[tuple[dict[str, Any], float]]":
         """Start a call; the future gives (predictions, seconds). With one backend it runs now."""
+        self.submitted += 1
         if self._pool is None:
             fut: Future = Future()
             t0 = time.perf_counter()
             try:
-                out = self.predict(feeds, rows, 0)
+                out = self.predict(feeds, rows, 0, self.submitted)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
                 fut.set_exception(exc)
                 return fut
             fut.set_result((out, time.perf_counter() - t0))
             return fut
-        return self._pool.submit(self._on_free_replica, feeds, rows)
+        return self._pool.submit(self._on_free_replica, feeds, rows, self.submitted)
 
-    def _on_free_replica(self, feeds: dict[str, Any], rows: int) -> tuple[dict[str, Any], float]:
+    def _on_free_replica(self, feeds: dict[str, Any], rows: int, batch: int) -> tuple[dict[str, Any], float]:
         assert self._free is not None
         replica = self._free.get()
         try:
             t0 = time.perf_counter()
-            out = self.predict(feeds, rows, replica)
+            out = self.predict(feeds, rows, replica, batch)
             return out, time.perf_counter() - t0
         finally:
             self._free.put(replica)

@@ -301,7 +301,7 @@ def test_batch_size_not_a_number(cli, scored):
     folder, _, model = scored
     res = cli("run", folder, "--model", model, "--batch-size", "lots")
     assert res.exit_code == 2
-    assert "Error: Invalid value for '--batch-size'" in res.stderr
+    assert res.stderr == "batchscore: error: --batch-size must be a number of rows or 'auto', got 'lots'\n"
 
 
 def test_bad_if_exists(cli, scored):
