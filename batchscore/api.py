@@ -141,6 +141,7 @@ def _run_once(job: Job, *, console: bool = False) -> RunSummary:
             summary.quarantine = quarantine.describe()
         progress = make_progress(job.progress or "none")
         progress.start(plan.rows_total, len(plan.shards))
+        summary.setup_seconds = round(time.time() - summary.started_at, 4)
         try:
             run_pipeline(plan, sink, summary, progress, quarantine)
         finally:

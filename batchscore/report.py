@@ -93,6 +93,9 @@ class RunSummary:
     started_at: float | None = None
     finished_at: float | None = None
     wall_seconds: float | None = None
+    #: Of wall_seconds, the time before the first row was read: planning, loading the model
+    #: (importing its framework included), opening the output.
+    setup_seconds: float | None = None
     rows_per_second: float | None = None
     batch_latency_ms: dict[str, float] = field(default_factory=dict)
     #: Per-batch model latencies (ms), in order; capped, for planners and sweeps.
@@ -157,7 +160,8 @@ class RunSummary:
             out.append(("shards already committed", f"{self.shards_skipped} (skipped by --resume)"))
         out += [
             ("shards", f"{self.shards_done}/{self.shards_total}" + (f" ({self.shards_empty} empty)" if self.shards_empty else "")),
-            ("wall time", f"{self.wall_seconds:.2f} s" if self.wall_seconds is not None else "-"),
+            ("wall time", (f"{self.wall_seconds:.2f} s" if self.wall_seconds is not None else "-")
+             + (f" (setup {self.setup_seconds:.2f} s: model load, plan, output)" if self.setup_seconds else "")),
             ("rows/s", f"{self.rows_per_second:,.0f}" if self.rows_per_second else "-"),
             ("batch latency p50/p95/p99",
              f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms" if lat else "-"),
