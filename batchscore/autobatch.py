@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from .errors import ModelError
+from .features import zero_feeds
 
 MAX_ROWS = 1 << 20
 MIN_GAIN = 0.10
@@ -139,20 +139,6 @@ def _confirm(predict, make_feeds, is_oom, n: int, release, tried: list) -> int:
             tried.append((n, None))
             n //= 2
     return n
-
-
-def zero_feeds(features, rows: int) -> dict[str, np.ndarray]:
-    """Inputs of ``rows`` rows shaped like the features, all zeros (or empty strings)."""
-    feeds = {}
-    for feed in features.feeds:
-        if feed.spec.dtype == "string":
-            arr = np.full((rows, *feed.row_shape), "", dtype=object)
-        else:
-            arr = np.zeros((rows, *feed.row_shape), dtype=feed.spec.dtype)
-        if feed.mode == "vector" and feed.spec.shape is not None and len(feed.spec.shape) == 2:
-            arr = arr.reshape(rows, 1)
-        feeds[feed.spec.name] = arr
-    return feeds
 
 
 def choose_batch_size(plan, readers=None) -> tuple[int, str]:

@@ -341,6 +341,21 @@ def build_feeds(
     return feeds
 
 
+def zero_feeds(plan: FeaturePlan, rows: int) -> dict[str, np.ndarray]:
+    """Inputs of ``rows`` rows shaped like the features, all zeros (or empty strings):
+    for probing a model's outputs and its batch size."""
+    feeds = {}
+    for feed in plan.feeds:
+        if feed.spec.dtype == "string":
+            arr = np.full((rows, *feed.row_shape), "", dtype=object)
+        else:
+            arr = np.zeros((rows, *feed.row_shape), dtype=feed.spec.dtype)
+        if feed.mode == "vector" and feed.spec.shape is not None and len(feed.spec.shape) == 2:
+            arr = arr.reshape(rows, 1)
+        feeds[feed.spec.name] = arr
+    return feeds
+
+
 def check_prediction_names(kept: list[str], outputs: list[str], prefix: str) -> list[str]:
     """Prediction column names; a clash with a kept column is an error."""
     names = [prefix + o for o in outputs]

@@ -20,7 +20,7 @@ from ._version import __version__
 from .backends import Backend, Device, file_sha256, pick_backend
 from .devices import cpu_count
 from .errors import InputError, ModelError, SchemaError, UsageError
-from .features import FeaturePlan, check_prediction_names, plan_features
+from .features import FeaturePlan, check_prediction_names, plan_features, zero_feeds
 from .job import Job
 from .outputs import arrow_type_for
 from .report import log
@@ -226,16 +226,7 @@ def _where_expr(where: str, names: list[str]):
 
 def _probe_outputs(backend: Backend, plan: Plan) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Run the model once on a zero batch to learn output shapes the model leaves dynamic."""
-    n = plan.features.fixed_batch or 1
-    feeds = {}
-    for feed in plan.features.feeds:
-        if feed.spec.dtype == "string":
-            arr = np.full((n, *feed.row_shape), "", dtype=object)
-        else:
-            arr = np.zeros((n, *feed.row_shape), dtype=feed.spec.dtype)
-        if feed.mode == "vector" and feed.spec.shape is not None and len(feed.spec.shape) == 2:
-            arr = arr.reshape(n, 1)
-        feeds[feed.spec.name] = arr
+    feeds = zero_feeds(plan.features, plan.features.fixed_batch or 1)
     try:
         out = backend.predict(feeds)
     except Exception as exc:  # noqa: BLE001
