@@ -296,3 +296,17 @@ def test_batch_size_auto_on_the_cpu_with_onnx(tmp_path, data, model):
     assert summary.batch_size_source.startswith("auto:")
     assert summary.batch_size == 128  # the dataset's 120 rows, rounded up to a power of two
     assert summary.rows_written == 120
+
+
+def test_batch_size_auto_from_the_environment_and_the_config(tmp_path):
+    from batchscore.job import build_job
+
+    base = {"inputs": ["x.parquet"], "model": "m.onnx"}
+    assert build_job(base, env={"BATCHSCORE_BATCH_SIZE": "auto"}).batch_size == "auto"
+    assert build_job(base, env={"BATCHSCORE_BATCH_SIZE": "512"}).batch_size == 512
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('batch_size = "auto"\n')
+    assert build_job(base, config=cfg).batch_size == "auto"
+    cfg.write_text("batch_size = 2048\n")
+    assert build_job(base, config=cfg).batch_size == 2048
+    assert build_job({**base, "batch_size": "AUTO"}).batch_size == "auto"
