@@ -5,7 +5,9 @@ its holder. A second run exits at once (exit 4) naming the holder. A lock
 whose holder is dead (same host, pid gone or reused) is stale and is taken
 over, so a run killed with SIGKILL never blocks the next one;
 ``batchscore unlock OUTPUT`` removes a lock by hand (e.g. one left by a
-machine that is gone).
+machine that is gone). PostgreSQL outputs are locked otherwise, with an
+advisory lock held by the run's session (:mod:`batchscore.sinks.postgres`);
+``unlock`` shows who holds it.
 """
 
 from __future__ import annotations
@@ -167,6 +169,10 @@ def unlock(output: str) -> str:
     from .sinks import describe
 
     path = lock_path(output)
+    if output.split("://", 1)[0].lower() in ("postgresql", "postgres") and "://" in output:
+        from .sinks.postgres import unlock as pg_unlock
+
+        return pg_unlock(output)  # an advisory lock: shows its holder, removes nothing
     try:
         output = describe(output)  # never show a password
     except Exception:  # noqa: BLE001 - an unknown scheme: show it as given

@@ -217,16 +217,28 @@ def test_unlock_a_sqlite_output(cli, scored, sleeper):
     assert cli("run", folder, "--model", model, "--output", "sqlite:///scores.db", "--table", "preds").exit_code == 0
 
 
-def test_unlock_of_a_database_server_is_a_usage_error(cli):
-    res = cli("unlock", "postgresql://scorer@db.example/analytics")
-    assert res.exit_code == 2
-    assert res.error == "postgresql://scorer@db.example/analytics is not locked with a lock file; nothing to unlock"
+def test_unlock_of_a_database_server_asks_the_server(cli):
+    # A PostgreSQL run lock is an advisory lock: unlock connects to show its holder
+    # (tests/sinks/test_postgres_lock.py); here no server listens.
+    pytest.importorskip("adbc_driver_postgresql")
+    from tests.pg import _free_port
+
+    port = _free_port()
+    res = cli("unlock", f"postgresql://scorer@127.0.0.1:{port}/analytics")
+    assert res.exit_code == 1
+    assert res.error == (
+        f"cannot connect to PostgreSQL at 127.0.0.1:{port}: Connection refused (is the server running and "
+        f"reachable? --output postgresql://scorer@127.0.0.1:{port}/analytics)"
+    )
 
 
 def test_unlock_does_not_print_a_password(cli):
-    res = cli("unlock", "postgresql://scorer:hunter2@db.example/analytics")
-    assert res.exit_code == 2
-    assert "hunter2" not in res.stderr
+    pytest.importorskip("adbc_driver_postgresql")
+    from tests.pg import _free_port
+
+    res = cli("unlock", f"postgresql://scorer:hunter2@127.0.0.1:{_free_port()}/analytics")
+    assert res.exit_code == 1
+    assert "hunter2" not in res.stderr and "postgresql://scorer:***@127.0.0.1:" in res.stderr
 
 
 # -- the lock is released, and never inside the output ----------------------------------------------------------

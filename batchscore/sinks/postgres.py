@@ -5,6 +5,12 @@ The URL is libpq's, so ``?host=/run/postgresql`` (a unix socket), ``sslmode``
 and the ``PG*`` variables (``PGPASSWORD``, ``PGHOST``, ~/.pgpass) work as in
 psql. A password is never shown: :meth:`Sink.mask` replaces it with ``***``.
 
+A run holds a session-level advisory lock on its table for its whole life
+(:func:`run_lock_key`, on a connection of its own, so no transaction ends it):
+a second run into the same table exits 4 naming the holder's session. The
+server releases it when that session ends, so a run killed with SIGKILL leaves
+no stale lock. ``--no-lock`` takes none.
+
 Types: smallint/integer/bigint, real/double precision, boolean, text, bytea,
 date, timestamp[tz], time, interval, numeric(p,s); one-dimensional lists as
 arrays (``real[]``); deeper lists, structs and maps as JSON text.
@@ -12,10 +18,13 @@ arrays (``real[]``); deeper lists, structs and maps as JSON text.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import quote as url_quote
 
 import pyarrow as pa
 
@@ -35,6 +44,8 @@ from .database import SEQ, UPSERT_TABLE, Column, DatabaseSink, TableName, json_t
 
 #: Serialises ledger migrations across connections (pg_advisory_xact_lock key).
 MIGRATION_LOCK = 0x6273_6C65  # "bsle"
+#: The first key of every run lock, pg_try_advisory_lock(RUN_LOCK_CLASS, <table>): "bslk".
+RUN_LOCK_CLASS = 0x6273_6C6B
 
 _SCALARS: dict[str, pa.DataType] = {
     "smallint": pa.int16(),
@@ -82,6 +93,38 @@ def secrets_of(url: str) -> list[str]:
     return [s for s in {*out, *(unquote(s) for s in out)} if s]
 
 
+def run_lock_key(database: str, schema: str, table: str) -> tuple[int, int]:
+    """The advisory lock (two int4 keys) a run holds on ``schema.table`` in ``database``:
+    :data:`RUN_LOCK_CLASS`, and 32 bits of a SHA-256 of the three names (exact, case kept)."""
+    digest = hashlib.sha256("\0".join(("batchscore run lock", database, schema, table)).encode()).digest()
+    return RUN_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)
+
+
+#: The sessions holding batchscore run locks in the current database (keys filled in as integers).
+_HOLDERS_SQL = (
+    "SELECT l.pid, a.application_name, a.usename, host(a.client_addr), "
+    "to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+    "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.pid <> pg_backend_pid() "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid::bigint = {cls}{objid} ORDER BY a.backend_start, l.pid"
+)
+
+
+def _holder_text(row: tuple) -> str:
+    """One lock holder's session, as far as the server lets this user see it."""
+    pid, app, user, client, since = row
+    parts = [f"PostgreSQL session pid {pid}"]
+    if app:
+        parts.append(f"application_name {app!r}")
+    if user:
+        parts.append(f"user {user}")
+    if since:  # visible: the client address too (none: a unix socket)
+        parts.append(f"client {client or 'local socket'}")
+        parts.append(f"connected {since} UTC")
+    return ", ".join(parts)
+
+
 class Sink(DatabaseSink):
     kind = "PostgreSQL"
     extra = "postgres"
@@ -112,7 +155,19 @@ class Sink(DatabaseSink):
         return host, port, user, db
 
     # -- connecting --------------------------------------------------------------------
-    def _connect(self) -> Any:
+    #: The connection holding the run lock (autocommit: no transaction ever ends it).
+    _lock_conn: Any = None
+    _lock_key: tuple[int, int] | None = None
+
+    def _connect_url(self) -> str:
+        """--output with ``application_name=batchscore <run id>`` (unless it or PGAPPNAME sets one), so
+        that pg_stat_activity, and a second run's lock error, name the run."""
+        if re.search(r"[?&]application_name=", self.dest, flags=re.IGNORECASE) or os.environ.get("PGAPPNAME"):
+            return self.dest
+        name = f"batchscore {getattr(self, 'run_id', None) or 'unlock'}"[:63]
+        return f"{self.dest}{'&' if '?' in self.dest else '?'}application_name={url_quote(name, safe='')}"
+
+    def _connect(self, *, autocommit: bool = False) -> Any:
         try:
             import adbc_driver_postgresql.dbapi as dbapi
         except ImportError:
@@ -120,7 +175,7 @@ class Sink(DatabaseSink):
                 "the PostgreSQL driver (adbc-driver-postgresql)", "postgres"
             ) from None
         try:
-            return dbapi.connect(self.dest)
+            return dbapi.connect(self._connect_url(), autocommit=autocommit)
         except self._driver_error() as exc:
             raise self._connect_error(exc) from None
 
@@ -152,6 +207,69 @@ class Sink(DatabaseSink):
             f"cannot connect to PostgreSQL at {where}: {reason} (is the server running and reachable? "
             f"--output {self.describe()})"
         )
+
+    # -- the run lock --------------------------------------------------------------------
+    def _open(self, shards: list) -> set[str]:
+        if self.locked:
+            self._lock_run()  # before anything is read or written
+        return super()._open(shards)
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:  # ending the session releases the lock; unlocking first makes it synchronous
+            try:
+                if self._lock_key is not None:
+                    self._query(conn, "SELECT pg_advisory_unlock({}, {})".format(*self._lock_key))
+            except Exception:  # noqa: BLE001
+                pass
+            self._lock_key = None
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @staticmethod
+    def _query(conn: Any, sql: str, params: tuple = ()) -> list[tuple]:
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params) if params else cur.execute(sql)
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    def _lock_run(self) -> None:
+        """Take the table's run lock on a connection of its own, or raise LockedError
+        naming the session that holds it. Released by :meth:`_disconnect` (close, abort,
+        a failed open) or by the server when this process dies."""
+        self._lock_conn = conn = self._connect(autocommit=True)
+        with self._guard():
+            if self.target.schema is not None:
+                [(db,)] = self._query(conn, "SELECT current_database()")
+                schema = self.target.schema
+            else:  # where the name resolves (an existing table) or would be created
+                [(db, schema)] = self._query(
+                    conn,
+                    "SELECT current_database(), coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)), current_schema(), '')",
+                    (self.target.sql(),),
+                )
+            cls, key = run_lock_key(db, schema, self.target.name)
+            holders: list[tuple] = []
+            # A few tries in 0.7 s: the session of a run killed a moment ago may still be ending.
+            for delay in (0.1, 0.2, 0.4, None):
+                if self._query(conn, f"SELECT pg_try_advisory_lock({cls}, {key})") == [(True,)]:
+                    self._lock_key = (cls, key)
+                    return
+                holders = self._query(conn, _HOLDERS_SQL.format(cls=cls, objid=f" AND l.objid::bigint = {key % 2 ** 32}"))
+                if delay is not None:
+                    time.sleep(delay)
+            if holders:
+                raise LockedError(
+                    f"{self.where} is locked by another run ({_holder_text(holders[0])}): wait for that run, "
+                    "or pass --no-lock for knowingly parallel appends"
+                )
+            raise LockedError(f"{self.where} is being locked and unlocked by other runs: try again")
 
     def _check_schema_exists(self) -> None:
         if self.target.schema is None:
@@ -321,3 +439,31 @@ class Sink(DatabaseSink):
         if state.startswith(("40", "53", "57", "58")):
             return OutputError(f"PostgreSQL could not write {self.where}: {detail}: retry (or --resume)")
         return OutputError(f"PostgreSQL error writing {self.where}: {detail}")
+
+
+def unlock(url: str) -> str:
+    """``batchscore unlock postgresql://...``: a run lock cannot be removed by hand, it ends
+    with the session holding it. Returns "not locked" when no batchscore run holds one in
+    the database; otherwise raises LockedError naming the sessions, and how to end one."""
+    probe = Sink.__new__(Sink)  # only its connecting half: no table, no schema
+    probe.dest = url
+    conn = probe._connect(autocommit=True)
+    try:
+        [(db,)] = probe._query(conn, "SELECT current_database()")
+        holders = probe._query(conn, _HOLDERS_SQL.format(cls=RUN_LOCK_CLASS, objid=""))
+    except probe._driver_error() as exc:
+        why = probe._scrub(" ".join(str(exc).split()))
+        raise OutputError(f"cannot read the locks of {probe.describe()}: {why}") from None
+    finally:
+        conn.close()
+    if not holders:
+        return (
+            f"{probe.describe()}: no batchscore run holds a lock in database {db} (a run's lock ends with "
+            "its session, so a killed run leaves none): nothing to unlock"
+        )
+    sessions = "; ".join(_holder_text(h) for h in holders)
+    raise LockedError(
+        f"{probe.describe()}: batchscore run lock(s) in database {db} held by {sessions}: a PostgreSQL run lock "
+        "ends with the session holding it and cannot be removed by hand; wait for that run, or if its machine is "
+        f"gone end the session: SELECT pg_terminate_backend({holders[0][0]})"
+    )
