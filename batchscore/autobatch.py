@@ -66,6 +66,7 @@ def probe_batch_size(
     budget_s: float = BUDGET_S,
     release: Callable[[], None] | None = None,
     per_batch_s: float = PER_BATCH_S,
+    cap_why: str = "the largest size probed",
     clock: Callable[[], float] = time.perf_counter,
 ) -> Probe:
     """Double the batch from ``start`` until memory, speed or time says stop; see the module doc."""
@@ -113,7 +114,7 @@ def probe_batch_size(
             return Probe(best, f"{best:,} rows (rows/s grew less than {min_gain:.0%} at {n:,})", tried)
         best, best_rate = n, rate
         if n >= max_rows:
-            return Probe(best, f"{best:,} rows (the most worth probing here)", tried)
+            return Probe(best, f"{best:,} rows ({cap_why})", tried)
         if seconds > max_call_s:
             return Probe(best, f"{best:,} rows (one call took {seconds:.1f} s; larger batches were not probed)", tried)
         if clock() - t_begin > budget_s:
@@ -144,9 +145,10 @@ def _confirm(predict, make_feeds, is_oom, n: int, release, tried: list) -> int:
 def choose_batch_size(plan, readers=None) -> tuple[int, str]:
     """The batch size for ``--batch-size auto`` and how it was found."""
     backend = plan.backend
-    cap = MAX_ROWS
-    if plan.rows_total:
-        cap = min(cap, 1 << max(0, int(plan.rows_total - 1).bit_length()))  # the next power of two
+    cap, cap_why = MAX_ROWS, "the largest size probed"
+    if plan.rows_total and plan.rows_total < MAX_ROWS:
+        cap = 1 << max(0, int(plan.rows_total - 1).bit_length())  # the next power of two
+        cap_why = f"the whole dataset, {plan.rows_total:,} rows, in one batch"
     probe = probe_batch_size(
         backend.predict,
         lambda n: zero_feeds(plan.features, n),
@@ -154,6 +156,7 @@ def choose_batch_size(plan, readers=None) -> tuple[int, str]:
         start=min(type(backend).default_batch_size, cap),
         max_rows=cap,
         release=getattr(backend, "release_memory", None),
+        cap_why=cap_why,
     )
     plan.batch_probe = probe
     return probe.chosen, probe.describe()
