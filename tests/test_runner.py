@@ -310,3 +310,28 @@ def test_batch_size_auto_from_the_environment_and_the_config(tmp_path):
     cfg.write_text("batch_size = 2048\n")
     assert build_job(base, config=cfg).batch_size == 2048
     assert build_job({**base, "batch_size": "AUTO"}).batch_size == "auto"
+
+
+def test_out_of_memory_splits_keep_bad_output_rows_on_the_right_ids(tmp_path, data, wide_model, smallmem):
+    """NaN features (allowed) give NaN predictions; with batches split after an OOM,
+    exactly those rows are quarantined and every other row is written once."""
+    t = rows_table(12_000)
+    f0 = t.column("f0").to_numpy().copy()
+    bad_ids = [5, 4_321, 7_777, 11_999]
+    f0[bad_ids] = np.nan
+    t = t.set_column(t.schema.get_field_index("f0"), "f0", pa.array(f0))
+    folder = tmp_path / "nan"
+    folder.mkdir()
+    import pyarrow.parquet as pq
+
+    pq.write_table(t.slice(0, 7_000), folder / "a.parquet")
+    pq.write_table(t.slice(7_000), folder / "b.parquet")
+    summary = batchscore.score(str(folder), wide_model, str(tmp_path / "out"), backend="smallmem", batch_size=12_000,
+                               features=["f0", "f1", "f2"], keep=["id"], allow_nan=True, on_error="quarantine",
+                               quiet=True)
+    assert summary.oom_events >= 1
+    assert summary.rows_quarantined == len(bad_ids) and summary.rows_written == 12_000 - len(bad_ids)
+    got = read_output(tmp_path / "out")
+    assert sorted(got.column("id").to_pylist()) == sorted(set(range(12_000)) - set(bad_ids))
+    quarantined = read_output(summary.quarantine)
+    assert sorted(quarantined.column("id").to_pylist()) == bad_ids
