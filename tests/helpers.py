@@ -422,3 +422,29 @@ class Cli:
 def reference(model_path: str, table: pa.Table, columns: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
     """onnxruntime's predictions for a single-input ``features`` model on ``columns``."""
     return Models.predict(model_path, {"features": Models.matrix(table, columns)})
+
+
+# -- background runs -------------------------------------------------------------
+def spawn(*args: str):
+    """``python -m batchscore run ARGS --quiet`` in the background (stderr kept)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchscore", "run", *map(str, args), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(what, proc=None, timeout: float = 60.0, poll: float = 0.01) -> None:
+    """Poll ``what()`` until true; fails if ``proc`` ends first."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not what():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) first: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll)

@@ -23,27 +23,9 @@ import pytest
 
 import batchscore
 from batchscore.lock import _proc_start, lock_path
-from tests.helpers import output_files, read_output
+from tests.helpers import output_files, read_output, spawn, wait_for
 
 HOST = socket.gethostname()
-
-
-def spawn(*args: str) -> subprocess.Popen:
-    """``python -m batchscore run ARGS --quiet`` in the background (stderr kept)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchscore", "run", *map(str, args), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_for(what, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    """Poll ``what()`` until true; fails if ``proc`` ends first."""
-    deadline = time.monotonic() + timeout
-    while not what():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) first: {proc.stderr.read()}")
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def committed(out: str) -> int:

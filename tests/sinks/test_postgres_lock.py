@@ -21,6 +21,7 @@ import batchscore
 from batchscore.errors import LockedError
 from batchscore.sinks.postgres import RUN_LOCK_CLASS, run_lock_key
 from tests import pg
+from tests.helpers import spawn, wait_for
 
 FIX = "wait for that run, or pass --no-lock for knowingly parallel appends"
 
@@ -77,23 +78,6 @@ def holder(postgres, pg_db):
     yield make
     for h in made:
         h.close()
-
-
-def spawn(*args: str) -> subprocess.Popen:
-    """``python -m batchscore run ARGS --quiet`` in the background (stderr kept)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchscore", "run", *map(str, args), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_for(what, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) first: {proc.stderr.read()}")
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def committed(postgres, db: str) -> int:
