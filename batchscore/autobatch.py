@@ -88,12 +88,8 @@ def probe_batch_size(
                     break
             seconds /= calls
         except Exception as exc:  # noqa: BLE001 - anything but OOM is the model's own error
-            if not is_oom(exc):
-                raise
-            del feeds
-            if release is not None:
-                release()
-            tried.append((n, None))
+            feeds = None
+            _out_of_memory(exc, is_oom, release, tried, n)
             if best is None:
                 if n > 1:  # the starting size does not fit: come down until one does
                     n //= 2
@@ -126,20 +122,27 @@ def _confirm(predict, make_feeds, is_oom, n: int, release, tried: list) -> int:
     """Right after an out-of-memory error the allocator is at its most fragmented:
     run the chosen size twice more there, halving it while it fails."""
     while n > 1:
+        feeds = None
         try:
             feeds = make_feeds(n)
             predict(feeds)
             predict(feeds)
             return n
         except Exception as exc:  # noqa: BLE001
-            if not is_oom(exc):
-                raise
-            del feeds
-            if release is not None:
-                release()
-            tried.append((n, None))
+            feeds = None
+            _out_of_memory(exc, is_oom, release, tried, n)
             n //= 2
     return n
+
+
+def _out_of_memory(exc: BaseException, is_oom, release, tried: list, n: int) -> None:
+    """Re-raise anything but an out-of-memory error; else free what the model
+    holds and record that ``n`` rows did not fit."""
+    if not is_oom(exc):
+        raise exc
+    if release is not None:
+        release()
+    tried.append((n, None))
 
 
 def choose_batch_size(plan, readers=None) -> tuple[int, str]:
