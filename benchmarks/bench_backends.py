@@ -88,9 +88,12 @@ def make_workload(root: Path, rows: int, shards: int = 4) -> dict[str, str]:
     torch.jit.save(torch.jit.script(net), paths["torch"], _extra_files={"batchscore.json": meta})
     kw = dict(input_names=["image"], output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
     try:
-        torch.onnx.export(net, (example,), paths["onnx"], dynamo=False, **kw)
-    except TypeError:  # an older torch without the dynamo switch
-        torch.onnx.export(net, (example,), paths["onnx"], **kw)
+        try:
+            torch.onnx.export(net, (example,), paths["onnx"], dynamo=False, **kw)
+        except TypeError:  # an older torch without the dynamo switch
+            torch.onnx.export(net, (example,), paths["onnx"], **kw)
+    except Exception as exc:  # noqa: BLE001 - e.g. no `onnx` package on the GPU machine: torch only
+        print(f"warning: no ONNX copy of the net ({type(exc).__name__}: {exc}); run with --only torch", flush=True)
     _ipc_copy(data, root / "ipc")
     (root / "done").write_text("ok")
     return paths
@@ -137,20 +140,28 @@ def load_images(data: str):
     return np.concatenate(arrays).reshape((-1, *SHAPE))
 
 
-def loop_torch(model: str, data: str, batch: int, threads: int) -> dict:
+def loop_torch(model: str, data: str, batch: int, threads: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     x = load_images(data)
-    m = torch.jit.load(model).eval()
+    dev = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
+    m = torch.jit.load(model, map_location=dev).eval()
+    if dev.type == "cuda":  # warm up (kernel choice) outside the timed region, as batchscore's probe does
+        with torch.inference_mode():
+            m(torch.from_numpy(x[:batch]).to(dev)).cpu()
+        torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for lo in range(0, len(x), batch):
-            m(torch.from_numpy(x[lo : lo + batch])).numpy()
+            # On a GPU the host-to-device copy of each batch is part of the loop, as in batchscore.
+            m(torch.from_numpy(x[lo : lo + batch]).to(dev)).cpu().numpy()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "rows": len(x)}
 
 
-def loop_onnx(model: str, data: str, batch: int, threads: int) -> dict:
+def loop_onnx(model: str, data: str, batch: int, threads: int, device: str = "cpu") -> dict:
     import onnxruntime as ort
 
     x = load_images(data)
@@ -158,7 +169,10 @@ def loop_onnx(model: str, data: str, batch: int, threads: int) -> dict:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
+    s = ort.InferenceSession(model, so, providers=providers)
+    if device == "gpu":
+        s.run(None, {"image": x[:batch]})  # warm up outside the timed region
     t0, c0 = time.perf_counter(), time.process_time()
     for lo in range(0, len(x), batch):
         s.run(None, {"image": x[lo : lo + batch]})
@@ -168,30 +182,64 @@ def loop_onnx(model: str, data: str, batch: int, threads: int) -> dict:
 def child(args) -> None:
     """One measured loop in this process; prints JSON."""
     fn = loop_torch if args.child == "torch" else loop_onnx
-    print(json.dumps(fn(args.model, args.data, args.batch_size, args.threads)))
+    print(json.dumps(fn(args.model, args.data, args.batch_size, args.threads, args.device)))
 
 
-def run_loop(backend: str, paths: dict, batch: int, threads: int) -> dict:
+class GpuSampler:
+    """nvidia-smi's utilization.gpu every 100 ms while a run lasts: the mean and the
+    share of samples at 0% (the GPU sat idle). Nothing on a machine without nvidia-smi."""
+
+    def __init__(self):
+        import shutil
+
+        self.smi = shutil.which("nvidia-smi")
+        self.proc = None
+
+    def __enter__(self):
+        if self.smi:
+            self.proc = subprocess.Popen(
+                [self.smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0", "-lms", "100"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            vals = [float(v) for v in out.split() if v.replace(".", "", 1).isdigit()]
+            self.result = {"gpu_util_mean": statistics.mean(vals) if vals else None,
+                           "gpu_idle_share": sum(v == 0 for v in vals) / len(vals) if vals else None,
+                           "gpu_samples": len(vals)}
+        else:
+            self.result = {}
+        return False
+
+
+def run_loop(backend: str, paths: dict, batch: int, threads: int, device: str = "cpu") -> dict:
     cmd = [sys.executable, __file__, "--child", backend, "--model", paths[backend], "--data", paths["data"],
-           "--batch-size", str(batch), "--threads", str(threads)]
+           "--batch-size", str(batch), "--threads", str(threads), "--device", device]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with GpuSampler() as gpu:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     whole = time.perf_counter() - t0
     r = json.loads(out.strip().splitlines()[-1])
     r["whole_seconds"] = whole  # the script as a user runs it: start, imports, read Parquet, load, loop
+    r.update(gpu.result)  # sampled over the whole process, start-up included
     return r
 
 
-def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Path, fmt: str = "parquet") -> dict:
+def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Path, fmt: str = "parquet",
+                   device: str = "cpu") -> dict:
     report = work / f"report-{backend}.json"
     cmd = ["batchscore", "run", paths[fmt], "--model", paths[backend], "--output", str(work / f"out-{backend}"),
-           "--keep", "id", "--if-exists", "replace", "--quiet", "--device", "cpu", "--batch-size", str(batch),
+           "--keep", "id", "--if-exists", "replace", "--quiet", "--device", device, "--batch-size", str(batch),
            "--threads", str(threads), "--report", str(report)]
     import resource
 
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=work)
+    with GpuSampler() as gpu:
+        subprocess.run(cmd, check=True, cwd=work)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
@@ -199,7 +247,7 @@ def run_batchscore(backend: str, paths: dict, batch: int, threads: int, work: Pa
     setup = rep.get("setup_seconds") or 0.0
     return {"seconds": wall, "run_seconds": rep.get("wall_seconds"), "setup_seconds": setup,
             "scoring_seconds": (rep.get("wall_seconds") or wall) - setup, "cpu_seconds": cpu,
-            "rows": rep.get("rows_written")}
+            "rows": rep.get("rows_written"), **gpu.result}
 
 
 def main() -> None:
@@ -209,6 +257,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="torch,onnx")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                    help="gpu: the loop and batchscore on CUDA GPU 0, host-to-device copies included; GPU use is sampled")
     ap.add_argument("--formats", default="parquet,ipc", help="input formats batchscore reads (the loop's data is in memory)")
     ap.add_argument("--quiet-wait", type=float, default=30, help="before each run wait up to this many s for the machine to go quiet")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write results/")
@@ -240,9 +290,10 @@ def main() -> None:
                 busy = wait_for_quiet(args.quiet_wait)
                 load = os.getloadavg()[0]
                 if kind == "loop":
-                    r = run_loop(backend, paths, args.batch_size, threads)
+                    r = run_loop(backend, paths, args.batch_size, threads, args.device)
                 else:
-                    r = run_batchscore(backend, paths, args.batch_size, threads, work, kind.split("-", 1)[1])
+                    r = run_batchscore(backend, paths, args.batch_size, threads, work, kind.split("-", 1)[1],
+                                       args.device)
                 r["load_before"] = load
                 r["busy_cores_before"] = busy
                 r["load_after"] = os.getloadavg()[0]
@@ -255,7 +306,7 @@ def main() -> None:
         f"# Backends benchmark {dt.date.today()}",
         "",
         f"{args.rows} rows of 3×64×64 float32 (fixed-size list), conv net ≈41 MFLOP/row, batch {args.batch_size}, "
-        f"{threads} threads, CPU only; median of {args.repeat}. Machine: {platform.processor() or platform.machine()}, "
+        f"{threads} threads, device {args.device}; median of {args.repeat}. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; 1-min load average before/after each run is in the JSON.",
         "",
         "| backend | batchscore reads | loop, timed region (s) | batchscore scoring (s) | **ratio** | loop script, whole (s) | "
@@ -293,12 +344,24 @@ def main() -> None:
               "- CPU seconds: the loop's timed region; batchscore's whole process.",
               "Other work on this 2-core machine: each run waited up to --quiet-wait s for it to go quiet; the busy "
               "cores seen just before each run are in the JSON (busy_cores_before).", "",
-              "GPU figures: not yet measured (no GPU on the machine these were taken on)."]
+              ("GPU figures: not yet measured (no GPU on the machine these were taken on)." if args.device == "cpu"
+               else "GPU: each figure includes the host-to-device copies; GPU use is nvidia-smi's utilization.gpu "
+                    "sampled every 100 ms over the whole process (start-up included).")]
+    if args.device == "gpu":
+        lines += ["", "| backend | run | rows/s (median) | GPU busy, mean % | share of samples with the GPU idle |",
+                  "|---|---|---:|---:|---:|"]
+        for key, runs in results["runs"].items():
+            rate = statistics.median(r["rows"] / (r.get("scoring_seconds") or r["seconds"]) for r in runs)
+            util = [r["gpu_util_mean"] for r in runs if r.get("gpu_util_mean") is not None]
+            idle = [r["gpu_idle_share"] for r in runs if r.get("gpu_idle_share") is not None]
+            lines.append(f"| {key.split('/')[0]} | {key.split('/')[1]} | {rate:,.0f} | "
+                         f"{statistics.median(util):.0f} | {statistics.median(idle):.0%} |" if util else
+                         f"| {key.split('/')[0]} | {key.split('/')[1]} | {rate:,.0f} | - | - |")
     results["summary"] = summary
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        out = HERE / "results" / f"backends-{dt.date.today()}"
+        out = HERE / "results" / f"backends-{'gpu-' if args.device == 'gpu' else ''}{dt.date.today()}"
         out.with_suffix(".md").write_text(text + "\n")
         out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {out}.md and .json")
