@@ -374,6 +374,13 @@ def _float_like(t: pa.DataType) -> bool:
     return pat.is_floating(_value_type(t))
 
 
+def _compute():
+    """pyarrow.compute, imported when first needed (70 ms)."""
+    import pyarrow.compute as pc
+
+    return pc
+
+
 def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> tuple[np.ndarray, np.ndarray] | None:
     """Rows the model cannot take: nulls in a feature column, and NaN or
     infinity unless ``allow_nan``. Returns (row indices, reasons) or None.
@@ -382,8 +389,6 @@ def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> 
     a finite sum means no NaN or infinity); rows are only looked at when a
     column has something to report.
     """
-    import pyarrow.compute as pc
-
     bad = None
     reasons = None
     for name in plan.columns:
@@ -400,13 +405,15 @@ def find_bad_rows(plan: FeaturePlan, batch: pa.RecordBatch, allow_nan: bool) -> 
             # numpy's SIMD sum over a zero-copy view is ~8x cheaper than pc.sum; a
             # finite sum means no NaN or infinity (an overflow just takes the slow path).
             if pat.is_dictionary(values.type) or pat.is_decimal(values.type):
-                total = pc.sum(values).as_py()
+                total = _compute().sum(values).as_py()
             else:
                 with np.errstate(over="ignore", invalid="ignore"):
                     total = _numpy(values).sum()
             if total is not None and np.isfinite(total):
                 continue
         # Each row gets the reason for what it holds (a null, or NaN/infinity).
+        pc = _compute()  # only on this slow path: clean data never imports it
+
         found: list[tuple[np.ndarray, str]] = []
         nulls = None
         if col.null_count:
