@@ -634,6 +634,8 @@ def run_pipeline(
         "model_thread": round(time.thread_time() - main_cpu0, 3),
         "writer": round(writer.cpu_seconds, 3),
     }
+    if runner.parallel > 1:  # --device gpu:all: the calls ran on the replicas' threads
+        summary.stage_cpu_seconds["replicas"] = round(runner.worker_cpu_seconds, 3)
     for s in stages:
         if s.error is not None and not isinstance(s.error, _Stopped):
             raise s.error

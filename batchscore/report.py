@@ -102,7 +102,7 @@ class RunSummary:
     batch_latencies_ms: list[float] = field(default_factory=list)
     shards: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: CPU seconds of the reader, model and writer threads (not the runtime's own pools).
+    #: CPU seconds of the reader, model and writer threads (and the replicas' threads under gpu:all; not the runtimes' own pools).
     stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     MAX_LATENCIES = 100_000

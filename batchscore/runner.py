@@ -62,6 +62,8 @@ class ModelRunner:
         self.calls = 0
         #: Batches handed to :meth:`submit` so far.
         self.submitted = 0
+        #: CPU seconds of the replica worker threads (the calls' own threads; not the runtimes' pools).
+        self.worker_cpu_seconds = 0.0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._free: queue.Queue | None = None
@@ -151,11 +153,14 @@ class ModelRunner:
     def _on_free_replica(self, feeds: dict[str, Any], rows: int, batch: int) -> tuple[dict[str, Any], float]:
         assert self._free is not None
         replica = self._free.get()
+        c0 = time.thread_time()
         try:
             t0 = time.perf_counter()
             out = self.predict(feeds, rows, replica, batch)
             return out, time.perf_counter() - t0
         finally:
+            with self._lock:
+                self.worker_cpu_seconds += time.thread_time() - c0
             self._free.put(replica)
 
     def close(self) -> None:

@@ -197,6 +197,7 @@ def test_device_gpu_all_makes_one_replica_per_gpu(tmp_path, data, wide_model, sm
                                batch_size=64, features=["f0", "f1", "f2"], keep=["id"], quiet=True)
     assert summary.replicas == ["cuda:0", "cuda:1", "cuda:2"]
     assert summary.rows_written == 2000
+    assert summary.stage_cpu_seconds["replicas"] > 0
     assert {d for d, _ in smallmem.calls} == {"cuda:0", "cuda:1", "cuda:2"}
     got = read_output(tmp_path / "out")
     assert sorted(got.column("id").to_pylist()) == list(range(2000))
