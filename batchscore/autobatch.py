@@ -43,7 +43,7 @@ PER_BATCH_S = 0.0005
 
 @dataclass
 class Probe:
-    """What the probe tried and why it stopped (kept in the plan for --dry-run and the report)."""
+    """What the probe tried and why it stopped (``describe()`` goes to --dry-run, the summary and the report)."""
 
     chosen: int
     reason: str
@@ -122,7 +122,6 @@ def _confirm(predict, make_feeds, is_oom, n: int, release, tried: list) -> int:
     """Right after an out-of-memory error the allocator is at its most fragmented:
     run the chosen size twice more there, halving it while it fails."""
     while n > 1:
-        feeds = None
         try:
             feeds = make_feeds(n)
             predict(feeds)
@@ -145,7 +144,7 @@ def _out_of_memory(exc: BaseException, is_oom, release, tried: list, n: int) -> 
     tried.append((n, None))
 
 
-def choose_batch_size(plan, readers=None) -> tuple[int, str]:
+def choose_batch_size(plan) -> tuple[int, str]:
     """The batch size for ``--batch-size auto`` and how it was found."""
     backend = plan.backend
     cap, cap_why = MAX_ROWS, "the largest size probed"
@@ -161,5 +160,4 @@ def choose_batch_size(plan, readers=None) -> tuple[int, str]:
         release=getattr(backend, "release_memory", None),
         cap_why=cap_why,
     )
-    plan.batch_probe = probe
     return probe.chosen, probe.describe()

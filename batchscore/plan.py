@@ -48,7 +48,6 @@ class Plan:
     output_schema: pa.Schema | None = None
     batch_size: int = 0
     batch_size_source: str = ""
-    batch_probe: Any = None  # --batch-size auto: what the probe tried (autobatch.Probe)
     output: str = ""
     where: Any = None  # a polars expression
     rows_total: int | None = None
@@ -350,7 +349,7 @@ def make_plan(job: Job) -> Plan:
     elif job.batch_size == "auto":
         from .autobatch import choose_batch_size
 
-        plan.batch_size, plan.batch_size_source = choose_batch_size(plan, readers)
+        plan.batch_size, plan.batch_size_source = choose_batch_size(plan)
     elif job.batch_size:
         plan.batch_size, plan.batch_size_source = job.batch_size, "--batch-size"
     else:
