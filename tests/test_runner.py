@@ -336,3 +336,43 @@ def test_out_of_memory_splits_keep_bad_output_rows_on_the_right_ids(tmp_path, da
     assert sorted(got.column("id").to_pylist()) == sorted(set(range(12_000)) - set(bad_ids))
     quarantined = read_output(summary.quarantine)
     assert sorted(quarantined.column("id").to_pylist()) == bad_ids
+
+
+def tile_model(tmp_path, name: str, batch, repeats: int) -> str:
+    """x float[batch,3] → sum(tile(x, repeats)) float[batch,1]: 12·repeats bytes a row inside."""
+    g = helper.make_graph(
+        [helper.make_node("Tile", ["x", "reps"], ["t"]),
+         helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=1)],
+        "tile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1])],
+        [numpy_helper.from_array(np.array([1, repeats], np.int64), "reps"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / name
+    path.write_bytes(m.SerializeToString())
+    return str(path)
+
+
+def test_cli_a_row_that_does_not_fit_exits_2_with_one_line(tmp_path, data, smallmem, cli):
+    model = tile_model(tmp_path, "huge.onnx", None, 700_000)  # 8.4 MB a row > the 4 MiB arena
+    folder, _ = data.shards("s", [3])
+    err = cli.fails(folder, "--model", model, "--backend", "smallmem", "--features", "f0,f1,f2",
+                    "--output", str(tmp_path / "out"), code=ExitStatus.USAGE)
+    assert err.startswith("the model ran out of memory on cpu with a single row: it does not fit; "
+                          "use --device cpu or a device with more memory (")
+    err = cli.fails(folder, "--model", model, "--backend", "smallmem", "--features", "f0,f1,f2",
+                    "--batch-size", "auto", "--output", str(tmp_path / "out2"), code=ExitStatus.USAGE)
+    assert err == ("--batch-size auto: the model runs out of device memory even on 1 row; "
+                   "use a device with more memory, or --device cpu")
+
+
+def test_cli_a_fixed_batch_that_does_not_fit_exits_2_with_one_line(tmp_path, data, smallmem, cli):
+    model = tile_model(tmp_path, "fixed.onnx", 64, 20_000)  # 15 MB a batch of 64
+    folder, _ = data.shards("s", [10])
+    err = cli.fails(folder, "--model", model, "--backend", "smallmem", "--features", "f0,f1,f2",
+                    "--output", str(tmp_path / "out"), code=ExitStatus.USAGE)
+    assert err.startswith("the model ran out of memory on cpu and its batch size is fixed at 64 rows, "
+                          "so the batch cannot be split: use a smaller model or a device with more memory (")
